@@ -152,6 +152,14 @@ def _row(step, book, set_, metric, values, seed) -> dict:
             "ci_low": agg["ci_low"], "ci_high": agg["ci_high"], "n": agg["n"]}
 
 
+def _exp(x: float) -> float:
+    """exp that saturates: a wrecked model's mean NLL (> 709) is a perplexity of inf, not a crash."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def _model_metrics(run, step, model, tokenizer, windows, have) -> list[dict]:
     """Perplexity per book, and membership-inference AUCs of removed vs held-out windows."""
     cfg = run.config
@@ -167,8 +175,8 @@ def _model_metrics(run, step, model, tokenizer, windows, have) -> list[dict]:
         # (exp is monotone, so the interval maps over exactly).
         agg = aggregate([float(np.mean(-logps[i])) for i in idx], seed=cfg.seed)
         rows.append({"step": step, "book": book, "set": windows[idx[0]]["set"], "metric": "perplexity",
-                     "value": math.exp(agg["value"]), "ci_low": math.exp(agg["ci_low"]),
-                     "ci_high": math.exp(agg["ci_high"]), "n": len(idx)})
+                     "value": _exp(agg["value"]), "ci_low": _exp(agg["ci_low"]),
+                     "ci_high": _exp(agg["ci_high"]), "n": len(idx)})
     members = [i for i, w in enumerate(windows) if w["set"] in REMOVED]
     heldout = [i for i, w in enumerate(windows) if w["set"] == "heldout"]
     if members and heldout and (step, "*", "mia_auc_loss") not in have:

@@ -266,3 +266,12 @@ def test_mia_auc_and_priv_leak():
     assert M.priv_leak(0.5, 0.5) == 0.0
     with pytest.raises(ValueError):
         M.priv_leak(0.5, 0.0)
+
+
+def test_perplexity_saturates_instead_of_crashing():
+    # A destroyed model can reach a mean NLL above 709, where math.exp overflows; the
+    # evaluation must record an infinite perplexity rather than abort the step.
+    from ssu.evaluate import _exp
+
+    assert _exp(1.0) == pytest.approx(math.e)
+    assert _exp(1e4) == math.inf
