@@ -13,8 +13,9 @@ work on the same model and the same windows: every sequence padded to 400 tokens
 8 sequences per iteration (batch 2 x (1 + K=3)) in two forwards, two backward passes
 per iteration (the second adds the unmasked gradient back), the saliency threshold over
 one concatenation of all gradients, LoRA r=32 on every linear projection. Ours runs the
-same windows with its own defaults (LoRA r=32, one padded-to-longest batch, each
-prompt forwarded once for its 1 + K rows, one backward); ``--packed`` adds "ours" with
+same windows with its own defaults (LoRA r=32, rows padded to the longest, each
+prompt forwarded once for its 1 + K rows, one window per forward + single backward, so
+only one window's activations are held at a time); ``--packed`` adds "ours" with
 ``train.share_prompts=false`` (every row a full sequence). Each variant runs in its
 own subprocess so ``ru_maxrss`` is its own peak. That peak includes Python, torch and
 the loaded model, so the table also shows the RSS right before training and the peak
@@ -142,7 +143,8 @@ def _warm_up(work: Path, finetune: str = "full") -> None:
     fs = build_forget_set(work / "prepared", 1, tok, k_random=cfg.k_random)
     fs = replace(fs, learn=fs.learn[:2], random=fs.random[:2])
     run_finetune(model, get_method("ssu")(cfg), fs, tok.pad_token_id, lr=1e-4, epochs=1, batch_size=2,
-                 grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0, progress=False)
+                 grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0, progress=False,
+                 windows_per_backward=cfg.train.windows_per_backward)  # as run_step does
     del model
     torch.manual_seed(0)
 

@@ -41,6 +41,9 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     finetune: str = "lora"  # "lora" | "full"
     share_prompts: bool = True  # forward each prompt once for its 1 + K rows (ssu/prefix.py)
+    # Windows per forward/backward inside a micro-batch. Activation memory scales with it;
+    # the gradient does not change (each chunk is normalized by the micro-batch's totals).
+    windows_per_backward: int = 1
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -183,8 +186,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.saliency_density is None or 0 < cfg.saliency_density <= 1, "saliency_density must be in (0, 1]"),
         (cfg.train.finetune in ("lora", "full"), "train.finetune must be lora or full"),
         ((cfg.train.epochs is None or cfg.train.epochs >= 1) and cfg.train.batch_size >= 1
-         and cfg.train.grad_accum >= 1,
-         "train.epochs, train.batch_size and train.grad_accum must be >= 1"),
+         and cfg.train.grad_accum >= 1 and cfg.train.windows_per_backward >= 1,
+         "train.epochs, train.batch_size, train.grad_accum and train.windows_per_backward must be >= 1"),
         (cfg.train.lr is None or cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.train.lora.r >= 1, "train.lora.r must be >= 1"),
     ]

@@ -30,6 +30,12 @@ class Encoded:
     def continuation_ids(self) -> list[int]:
         return self.ids[self.n_prompt :]
 
+    @property
+    def n_counted(self) -> int:
+        """Continuation tokens a loss counts: all of them, except a first token at
+        position 0 (nothing precedes it to predict it) when the prompt is empty."""
+        return len(self.ids) - max(self.n_prompt, 1)
+
 
 def encode_pair(tokenizer, prompt: str, continuation: str, max_length: int = 512) -> Encoded:
     """Encode ``prompt`` followed by ``continuation``.

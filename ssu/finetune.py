@@ -3,9 +3,12 @@
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` forget windows.
 A micro-batch holds, in ONE padded tensor, each window's learning pair, its K
 random-label pairs (if the method uses them) and as many retain pairs (if it needs
-them); one forward and one backward per micro-batch (with ``share_prompts``, each
-distinct prompt is forwarded once and its rows reuse its key/value cache, see
-``ssu/prefix.py``). After accumulation the saliency mask multiplies the gradient
+them). A micro-batch is forwarded and back-propagated in chunks of
+``windows_per_backward`` windows (one chunk = the whole micro-batch by default in
+this function; ``train.windows_per_backward`` sets it for a run): the gradient is
+the same for any chunk size, only the activation memory held at once changes.
+With ``share_prompts``, each distinct prompt is forwarded once and its rows reuse
+its key/value cache (``ssu/prefix.py``). After accumulation the saliency mask multiplies the gradient
 in place (m * g) and only then does AdamW step. Weight decay is off so a weight
 whose gradient is always masked stays bit-identical (Adam's update for an all-zero
 gradient history is exactly zero). Under ``accelerate launch`` each process runs
@@ -24,9 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import Workers
+from .encoding import Encoded
 from .errors import SSUError
 from .forget_set import ForgetSet
-from .losses import LEARN, RANDOM, RETAIN, make_batch
+from .losses import LEARN, RANDOM, RETAIN, group_totals, make_batch
 from .saliency import SaliencyMasker
 
 # Called after every optimizer step with the step index; tests use it to simulate a
@@ -34,32 +38,53 @@ from .saliency import SaliencyMasker
 StepHook = Callable[[int], None]
 
 
+Row = tuple[Encoded, int]
+
+
 def micro_batches(fs: ForgetSet, method, batch_size: int, rng: random.Random):
-    """Yield lists of ``(encoded, group)`` rows, one list per micro-batch, for one epoch."""
+    """Yield one list per micro-batch for one epoch: per forget window, its
+    ``(encoded, group)`` rows (learning row, K random-label rows, a retain row)."""
     order = list(range(len(fs.learn)))
     rng.shuffle(order)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        rows = [(fs.learn[i], LEARN) for i in idx]
+        windows: list[list[Row]] = [[(fs.learn[i], LEARN)] for i in idx]
         if method.uses_random_labels:
-            rows += [(e, RANDOM) for i in idx for e in fs.random[i]]
+            for rows, i in zip(windows, idx):
+                rows += [(e, RANDOM) for e in fs.random[i]]
         if method.needs_retain:
-            rows += [(fs.retain[rng.randrange(len(fs.retain))], RETAIN) for _ in idx]
-        yield rows
+            for rows in windows:
+                rows.append((fs.retain[rng.randrange(len(fs.retain))], RETAIN))
+        yield windows
 
 
-def _backward(model, method, batch, group_size: int, reference, stats: dict, step: int) -> None:
+def chunked(windows: list[list[Row]], per_chunk: int) -> list[list[Row]]:
+    """The micro-batch's rows in chunks of ``per_chunk`` windows (one forward + backward each)."""
+    return [[r for w in windows[c : c + per_chunk] for r in w] for c in range(0, len(windows), per_chunk)]
+
+
+def _backward(model, method, windows: list[list[Row]], pad_id: int, share_prompts: bool, per_chunk: int,
+              device, group_size: int, reference, stats: dict, step: int) -> None:
     """Loss and backward of one micro-batch, scaled so the group's gradients average.
 
+    The micro-batch goes through in chunks of ``per_chunk`` windows, each normalized
+    by the whole micro-batch's totals, so the summed gradient (and the logged loss)
+    is the unchunked one while activations are held for one chunk at a time.
     Dividing by the whole group's size (not this process's share of it) makes the
     cross-process sum under a launcher the plain mean over the group.
     """
-    loss, parts = method.loss(model, batch, reference)
-    if not torch.isfinite(loss):
-        raise SSUError(f"loss is {loss.item()} at optimizer step {step}; lower train.lr")
-    (loss / group_size).backward()
-    stats["tokens"] += int(batch.attention_mask.sum())
-    stats["losses"].append({k: round(v, 6) for k, v in {"loss": loss.item(), **parts}.items()})
+    norm = group_totals([r for w in windows for r in w])
+    total: dict[str, float] = {}
+    for rows in chunked(windows, per_chunk):
+        batch = make_batch(rows, pad_id, share_prompts, norm).to(device)
+        loss, parts = method.loss(model, batch, reference)
+        if not torch.isfinite(loss):
+            raise SSUError(f"loss is {loss.item()} at optimizer step {step}; lower train.lr")
+        (loss / group_size).backward()
+        stats["tokens"] += int(batch.attention_mask.sum())
+        for k, v in {"loss": loss.item(), **parts}.items():
+            total[k] = total.get(k, 0.0) + v
+    stats["losses"].append({k: round(v, 6) for k, v in total.items()})
 
 
 def finetune(
@@ -80,9 +105,11 @@ def finetune(
     on_step: StepHook | None = None,
     share_prompts: bool = True,
     workers: Workers | None = None,
+    windows_per_backward: int | None = None,
 ) -> dict:
     """Train the trainable parameters of ``model`` in place; return statistics."""
     workers = workers or Workers()
+    windows_per_backward = windows_per_backward or batch_size  # None: the whole micro-batch at once
     device = next(model.parameters()).device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -106,8 +133,8 @@ def finetune(
             batches = list(micro_batches(fs, method, batch_size, rng))
             for g in range(0, len(batches), grad_accum):
                 group = batches[g : g + grad_accum]
-                for rows in workers.shard(group):
-                    _backward(model, method, make_batch(rows, pad_id, share_prompts).to(device),
+                for windows in workers.shard(group):
+                    _backward(model, method, windows, pad_id, share_prompts, windows_per_backward, device,
                               len(group), reference, stats, step)
                 workers.sum_gradients(params)
                 mask_stats = masker(named)

@@ -6,6 +6,11 @@ forward and a single backward serve the whole loss. Labels are ``-100`` on promp
 and padding positions, so every loss covers continuation tokens only. With
 ``share_prompts`` the batch also carries its rows grouped by prompt, and
 :func:`forward_nll` forwards each distinct prompt once (see :mod:`ssu.prefix`).
+
+A micro-batch may be forwarded in chunks to bound activation memory. Every loss
+is a sum of per-token or per-row terms over a group's total, so a chunk carries
+the *whole micro-batch's* totals (``Batch.norm``) and divides by them: the chunks'
+losses, and their gradients, then add up exactly to the unchunked ones.
 """
 
 from __future__ import annotations
@@ -28,21 +33,41 @@ class Batch:
     labels: torch.Tensor
     group: torch.Tensor  # (rows,) LEARN / RANDOM / RETAIN
     shared: SharedPrompts | None = None  # the same rows grouped by prompt, for the shared-prompt path
+    # group -> (counted tokens, rows) of the whole micro-batch when this batch is a chunk of it
+    norm: dict[int, tuple[int, int]] | None = None
 
     def to(self, device) -> Batch:
         tensors = (self.input_ids, self.attention_mask, self.labels, self.group)
-        return Batch(*(t.to(device) for t in tensors), shared=self.shared)
+        return Batch(*(t.to(device) for t in tensors), shared=self.shared, norm=self.norm)
 
     def has(self, group: int) -> bool:
         return bool((self.group == group).any())
 
+    def rows_in(self, group: int) -> int:
+        """Rows of ``group`` in the whole micro-batch (the denominator of a per-row mean)."""
+        return self.norm.get(group, (0, 0))[1] if self.norm is not None else int((self.group == group).sum())
 
-def make_batch(rows: list[tuple[Encoded, int]], pad_id: int, share_prompts: bool = False) -> Batch:
-    """Pack ``(encoded pair, group)`` rows; labels start at each row's continuation."""
+
+def group_totals(rows: list[tuple[Encoded, int]]) -> dict[int, tuple[int, int]]:
+    """Per group: counted tokens and rows, as ``token_nll`` / ``shared_prompt_nll`` count them."""
+    totals: dict[int, tuple[int, int]] = {}
+    for e, g in rows:
+        tokens, n = totals.get(g, (0, 0))
+        totals[g] = (tokens + e.n_counted, n + 1)
+    return totals
+
+
+def make_batch(rows: list[tuple[Encoded, int]], pad_id: int, share_prompts: bool = False,
+               norm: dict[int, tuple[int, int]] | None = None) -> Batch:
+    """Pack ``(encoded pair, group)`` rows; labels start at each row's continuation.
+
+    ``norm``: the totals of the whole micro-batch (:func:`group_totals`) when ``rows``
+    are one chunk of it.
+    """
     enc = collate([e.ids for e, _ in rows], [e.n_prompt for e, _ in rows], pad_id)
     shared = group_by_prompt([e for e, _ in rows], pad_id) if share_prompts else None
     return Batch(enc["input_ids"], enc["attention_mask"], enc["labels"],
-                 torch.tensor([g for _, g in rows], dtype=torch.long), shared)
+                 torch.tensor([g for _, g in rows], dtype=torch.long), shared, norm)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,13 +84,20 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll * mask, mask
 
 
-def group_mean_nll(nll: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, g: int) -> torch.Tensor:
-    """Mean NLL over the counted tokens of the rows in group ``g`` (0 if none)."""
-    rows = group == g
-    count = mask[rows].sum()
-    if count == 0:
+def group_mean_nll(nll: torch.Tensor, mask: torch.Tensor, batch: Batch, g: int) -> torch.Tensor:
+    """Mean NLL over the counted tokens of the rows in group ``g`` (0 if none); over the
+    whole micro-batch's tokens when ``batch`` is a chunk of it."""
+    rows = batch.group == g
+    count = batch.norm.get(g, (0, 0))[0] if batch.norm is not None else mask[rows].sum()
+    if count == 0 or not rows.any():
         return nll.new_zeros(())
     return nll[rows].sum() / count
+
+
+def group_row_mean(values: torch.Tensor, batch: Batch, g: int) -> torch.Tensor:
+    """Mean of per-row ``values`` (the rows of group ``g``, in order) over the micro-batch's rows."""
+    n = batch.rows_in(g)
+    return values.sum() / n if n else values.new_zeros(())
 
 
 def sequence_logprob(nll: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -128,7 +128,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         max_grad_norm=cfg.train.max_grad_norm, saliency_k=cfg.saliency_k,
         saliency_density=cfg.saliency_density, seed=cfg.seed + step, reference=reference,
         progress=progress and workers.is_main, on_step=on_step, share_prompts=cfg.train.share_prompts,
-        workers=workers,
+        workers=workers, windows_per_backward=cfg.train.windows_per_backward,
     )
     stats.pop("masker")
     if not workers.is_main:  # every process holds the same weights; one writes them

@@ -542,3 +542,43 @@ def test_vector_files_are_byte_identical_across_saves(done_run, tmp_path):
     assert shas == {vector_sha(done_run, 1)}
     again, meta_again = load_vector(tmp_path / "v0.safetensors")
     assert meta_again == meta and all(torch.equal(again[k], vector[k]) for k in vector.keys())
+
+
+# --- chunked backward ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ssu", "gd", "npo-gdr"])
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenizer, name, share_prompts):
+    """One window per backward holds a quarter of the activations of a 4-window micro-batch;
+    the loss and every gradient must be the single-backward ones."""
+    import copy
+    import random
+
+    from ssu.finetune import _backward, micro_batches
+
+    method = get_method(name)(RunConfig(epsilon=0.5))
+    fs = build_forget_set(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED,
+                          with_random=method.uses_random_labels, with_retain=method.needs_retain)
+    windows = next(micro_batches(fs, method, 4, random.Random(0)))
+    assert len(windows) == 4
+    model = load_base(synthetic_world.memorized)
+    reference = copy.deepcopy(model).requires_grad_(False) if method.needs_reference else None
+    if reference is not None:  # a reference different from the model, so the NPO ratio is not 0
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    results = []
+    for per_chunk in (4, 1, 3):
+        model.zero_grad(set_to_none=True)
+        stats = {"losses": [], "tokens": 0}
+        _backward(model, method, windows, tokenizer.pad_token_id, share_prompts, per_chunk, "cpu",
+                  1, reference, stats, 0)
+        results.append((stats["losses"][0], {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (loss_a, grads_a) = results[0]
+    for loss_b, grads_b in results[1:]:
+        assert loss_b.keys() == loss_a.keys()
+        for k in loss_a:
+            assert loss_b[k] == pytest.approx(loss_a[k], rel=1e-4, abs=1e-6), k
+        for k, g in grads_a.items():
+            torch.testing.assert_close(grads_b[k], g, rtol=1e-4, atol=1e-6)

@@ -55,7 +55,7 @@ def ce(model, encs: list[Encoded]) -> float:
     batch = make_batch([(e, LEARN) for e in encs], PAD)
     with torch.no_grad():
         nll, mask = forward_nll(model, batch)
-    return float(group_mean_nll(nll, mask, batch.group, LEARN))
+    return float(group_mean_nll(nll, mask, batch, LEARN))
 
 
 def train(name: str, world, lr: float = 1e-2, epochs: int = 3, **cfg_over):

@@ -55,7 +55,7 @@ def micro_batch() -> list[tuple[Encoded, int]]:
 def loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     nll, mask = forward_nll(model, batch)
-    loss = sum(w * group_mean_nll(nll, mask, batch.group, g) for g, w in ((LEARN, 1.0), (RANDOM, 0.5), (RETAIN, 1.0)))
+    loss = sum(w * group_mean_nll(nll, mask, batch, g) for g, w in ((LEARN, 1.0), (RANDOM, 0.5), (RETAIN, 1.0)))
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -114,7 +114,8 @@ def test_ssu_step_with_shared_prompts_matches_the_packed_step(run_dir, monkeypat
     run_step(runs[False], 1, progress=False)
     assert used == []  # share_prompts=false: packed rows only
     run_step(runs[True], 1, progress=False)
-    assert len(used) == 6 and all(used)  # 2 epochs x 3 micro-batches, all through the shared path
+    # 2 epochs x 3 micro-batches x 2 windows (one window per backward), all through the shared path
+    assert len(used) == 12 and all(used)
     assert RunDir(runs[True]).config.train.share_prompts and not RunDir(runs[False]).config.train.share_prompts
     shared, _ = load_vector(RunDir(runs[True]).vector_path(1))
     packed, _ = load_vector(RunDir(runs[False]).vector_path(1))

@@ -19,5 +19,5 @@ class GradientAscent(UnlearningMethod):
 
     def loss(self, model, batch: Batch, reference=None):
         nll, mask = forward_nll(model, batch)
-        forget = group_mean_nll(nll, mask, batch.group, LEARN)
+        forget = group_mean_nll(nll, mask, batch, LEARN)
         return -forget, {"forget_ce": forget.item()}

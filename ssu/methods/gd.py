@@ -20,7 +20,7 @@ class GradientDifference(UnlearningMethod):
 
     def loss(self, model, batch: Batch, reference=None):
         nll, mask = forward_nll(model, batch)
-        forget = group_mean_nll(nll, mask, batch.group, LEARN)
-        retain = group_mean_nll(nll, mask, batch.group, RETAIN)
+        forget = group_mean_nll(nll, mask, batch, LEARN)
+        retain = group_mean_nll(nll, mask, batch, RETAIN)
         total = -forget + self.cfg.retain_weight * retain
         return total, {"forget_ce": forget.item(), "retain_ce": retain.item()}

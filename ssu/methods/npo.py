@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SSUError
-from ..losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll, sequence_logprob
+from ..losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll, group_row_mean, sequence_logprob
 from .base import UnlearningMethod, register_method
 
 
@@ -35,8 +35,8 @@ class NPO(UnlearningMethod):
         with torch.no_grad():
             ref_logp = sequence_logprob(forward_nll(reference, batch)[0], rows)
         ratio = logp - ref_logp
-        npo = -(2.0 / self.cfg.npo_beta) * F.logsigmoid(-self.cfg.npo_beta * ratio).mean()
-        return npo, nll, mask, {"npo": npo.item(), "log_ratio": ratio.mean().item()}
+        npo = -(2.0 / self.cfg.npo_beta) * group_row_mean(F.logsigmoid(-self.cfg.npo_beta * ratio), batch, LEARN)
+        return npo, nll, mask, {"npo": npo.item(), "log_ratio": group_row_mean(ratio, batch, LEARN).item()}
 
     def loss(self, model, batch: Batch, reference=None):
         npo, _, _, stats = self.npo_terms(model, batch, reference)
@@ -51,5 +51,5 @@ class NPOWithRetain(NPO):
 
     def loss(self, model, batch: Batch, reference=None):
         npo, nll, mask, stats = self.npo_terms(model, batch, reference)
-        retain = group_mean_nll(nll, mask, batch.group, RETAIN)
+        retain = group_mean_nll(nll, mask, batch, RETAIN)
         return npo + self.cfg.retain_weight * retain, {**stats, "retain_ce": retain.item()}

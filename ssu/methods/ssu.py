@@ -27,10 +27,10 @@ class SSU(UnlearningMethod):
 
     def loss(self, model, batch: Batch, reference=None):
         nll, mask = forward_nll(model, batch)
-        learn = group_mean_nll(nll, mask, batch.group, LEARN)
+        learn = group_mean_nll(nll, mask, batch, LEARN)
         total, stats = learn, {"learn": learn.item()}
         if self.uses_random_labels and batch.has(RANDOM):
-            rand = group_mean_nll(nll, mask, batch.group, RANDOM)
+            rand = group_mean_nll(nll, mask, batch, RANDOM)
             total = total + self.cfg.epsilon * rand
             stats["random"] = rand.item()
         return total, stats
