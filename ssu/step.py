@@ -176,6 +176,8 @@ def _prepare_trainable(model, cfg: RunConfig):
             with warnings.catch_warnings():
                 # peft notices GPT-2's Conv1D layers itself and says so; nothing to act on.
                 warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+                # peft calls a transformers property that transformers now marks deprecated.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 return get_peft_model(model, peft_cfg), None
         except ValueError as e:
             raise SSUError(f"cannot apply LoRA: {str(e).splitlines()[0]}") from e
