@@ -1,14 +1,14 @@
 """The fine-tune of one time step: batches, accumulation, saliency mask, optimizer.
 
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` forget windows.
-A micro-batch holds, in ONE padded tensor, each window's learning pair, its K
-random-label pairs (if the method uses them) and as many retain pairs (if it needs
-them). A micro-batch is forwarded and back-propagated in chunks of
-``windows_per_backward`` windows (one chunk = the whole micro-batch by default in
-this function; ``train.windows_per_backward`` sets it for a run): the gradient is
-the same for any chunk size, only the activation memory held at once changes.
-With ``share_prompts``, each distinct prompt is forwarded once and its rows reuse
-its key/value cache (``ssu/prefix.py``). After accumulation the saliency mask multiplies the gradient
+A micro-batch holds each window's learning pair, its K random-label pairs (if the
+method uses them) and as many retain pairs (if it needs them). It is forwarded and
+back-propagated in chunks of ``windows_per_backward`` windows, each chunk one padded
+tensor and one backward (``train.windows_per_backward`` for a run; here the default
+is the whole micro-batch): the gradient is the same for any chunk size, only the
+activation memory held at once changes. With ``share_prompts``, each distinct
+prompt is forwarded once and its rows reuse its key/value cache (``ssu/prefix.py``).
+After accumulation the saliency mask multiplies the gradient
 in place (m * g) and only then does AdamW step. Weight decay is off so a weight
 whose gradient is always masked stays bit-identical (Adam's update for an all-zero
 gradient history is exactly zero). Under ``accelerate launch`` each process runs
@@ -27,18 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .distributed import Workers
-from .encoding import Encoded
 from .errors import SSUError
 from .forget_set import ForgetSet
-from .losses import LEARN, RANDOM, RETAIN, group_totals, make_batch
+from .losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
 from .saliency import SaliencyMasker
 
 # Called after every optimizer step with the step index; tests use it to simulate a
 # crash in the middle of a time step.
 StepHook = Callable[[int], None]
-
-
-Row = tuple[Encoded, int]
 
 
 def micro_batches(fs: ForgetSet, method, batch_size: int, rng: random.Random):

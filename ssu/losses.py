@@ -24,6 +24,7 @@ from .encoding import IGNORE_INDEX, Encoded, collate
 from .prefix import SharedPrompts, group_by_prompt, shared_prompt_nll
 
 LEARN, RANDOM, RETAIN = 0, 1, 2
+Row = tuple[Encoded, int]  # an encoded pair and its group
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Batch:
         return self.norm.get(group, (0, 0))[1] if self.norm is not None else int((self.group == group).sum())
 
 
-def group_totals(rows: list[tuple[Encoded, int]]) -> dict[int, tuple[int, int]]:
+def group_totals(rows: list[Row]) -> dict[int, tuple[int, int]]:
     """Per group: counted tokens and rows, as ``token_nll`` / ``shared_prompt_nll`` count them."""
     totals: dict[int, tuple[int, int]] = {}
     for e, g in rows:
@@ -57,7 +58,7 @@ def group_totals(rows: list[tuple[Encoded, int]]) -> dict[int, tuple[int, int]]:
     return totals
 
 
-def make_batch(rows: list[tuple[Encoded, int]], pad_id: int, share_prompts: bool = False,
+def make_batch(rows: list[Row], pad_id: int, share_prompts: bool = False,
                norm: dict[int, tuple[int, int]] | None = None) -> Batch:
     """Pack ``(encoded pair, group)`` rows; labels start at each row's continuation.
 
