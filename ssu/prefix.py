@@ -19,7 +19,8 @@ The two passes:
 2. Continuations, RIGHT-padded, with the cache gathered along the batch dimension
    (row r gets the cache of its prompt ``prompt_index[r]``; a differentiable
    index, not an in-place copy), attention mask ``[prompt mask of row r,
-   continuation mask]`` and positions ``n_prompt(r) + j``. The logit at column j
+   continuation mask]`` and positions ``n_prompt(r) + j`` (padding repeats the
+   row's last position, so no row goes past its own length). The logit at column j
    predicts continuation token j + 1, so the last token is never fed in.
 
 Row r's per-token NLL is ``[first-token NLL, continuation-pass NLLs]``, laid out
@@ -111,7 +112,10 @@ def shared_prompt_nll(model, prompts: list[list[int]], continuations: list[list[
         logits = model(
             input_ids=target[:, :-1].masked_fill(~mask[:, :-1], pad_id),
             attention_mask=torch.cat([p_mask[idx], c_mask], dim=1),
-            position_ids=p_mask.sum(1)[idx, None] + torch.arange(n_cont - 1, device=device),
+            # Padding columns repeat the row's last position instead of counting on: a row
+            # with a long prompt and a short continuation, batched with a longer
+            # continuation, would otherwise run past a learned position table (GPT-2's 512).
+            position_ids=p_mask.sum(1)[idx, None] + (c_mask.cumsum(1) - 1).clamp(min=0),
             past_key_values=cache, use_cache=True,
         ).logits.float()
         rest = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target[:, 1:].clamp(min=0).reshape(-1),

@@ -122,3 +122,24 @@ def test_ssu_step_with_shared_prompts_matches_the_packed_step(run_dir, monkeypat
     assert shared.keys() == packed.keys()
     diff = max(float((shared[k] - packed[k]).abs().max()) for k in shared.keys())
     assert diff < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_rows_at_the_position_limit_stay_inside_the_position_table(arch):
+    """A long prompt with a short continuation next to a short prompt with a long one:
+    every row fits the 64-position table, but the padded continuation columns of the
+    first row must not count past it (GPT-2's learned table raised IndexError)."""
+    model = tiny(arch, "sdpa")
+    rng = random.Random(1)
+
+    def seq(n: int) -> list[int]:
+        return [rng.randrange(3, VOCAB) for _ in range(n)]
+
+    long_prompt, short_prompt = seq(60), seq(4)
+    rows = [(Encoded(long_prompt + seq(4), 60), LEARN), (Encoded(short_prompt + seq(60), 4), LEARN),
+            (Encoded(long_prompt + seq(3), 60), RANDOM)]
+    shared = make_batch(rows, PAD, share_prompts=True)
+    out = shared_prompt_nll(model, shared.shared.prompts, shared.shared.continuations, shared.shared.prompt_index, PAD)
+    assert out is not None
+    nll_p, mask_p = forward_nll(model, make_batch(rows, PAD))
+    torch.testing.assert_close(out[0].sum(1), nll_p.sum(1), atol=1e-5, rtol=1e-5)
