@@ -1,7 +1,7 @@
 """Which steps' vectors, together, cause the damage? ROUGE-L for every subset of a run's stack.
 
 For a run with completed steps 1..T, composes base + sum of the vectors of each
-non-empty subset of the steps (the others at alpha 0, as ``ssu compose --alpha T=0``
+subset of the steps, the empty one (the base) included (the others at alpha 0, as ``ssu compose --alpha T=0``
 does) and prints the mean greedy ROUGE-L of the removed and retain books. On the
 tiny synthetic models it shows that each vector alone is fairly selective while any
 two together damage the retain books (see the README's known limitation).
@@ -29,7 +29,8 @@ def main() -> None:
     run = RunDir(args.run_dir)
     steps = sorted(run.completed_steps())
     windows = load_windows(run.config.data).to_list()
-    removed = sorted({b for s in steps for b in run.manifest["steps"][str(s)]["books"]})
+    records = {s: run.step_record(s) for s in steps}
+    removed = sorted({b for r in records.values() for b in r["books"]})
     books = args.books.split(",") if args.books else removed + sorted({w["book"] for w in windows
                                                                      if w["role"] == "retain"})
     windows = [w for w in windows if w["book"] in books]
@@ -37,7 +38,7 @@ def main() -> None:
     print(f"{'vectors applied':<16}" + "".join(f"{b:>11}" for b in books))
     for n in range(0, len(steps) + 1):
         for subset in itertools.combinations(steps, n):
-            alphas = {s: (run.manifest["steps"][str(s)]["alpha"] if s in subset else 0.0) for s in steps}
+            alphas = {s: (records[s]["alpha"] if s in subset else 0.0) for s in steps}
             model = load_composed(run, alphas=alphas).eval()
             scores = rouge_by_book(model, tokenizer, windows, run.config.train.max_length)
             label = "+".join(f"v{s}" for s in subset) or "none"

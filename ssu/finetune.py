@@ -83,6 +83,14 @@ def _backward(model, method, windows: list[list[Row]], pad_id: int, share_prompt
     stats["losses"].append({k: round(v, 6) for k, v in total.items()})
 
 
+def _check_finite_gradients(params: list[torch.Tensor], step: int) -> None:
+    """A finite loss can still back-propagate inf/NaN (a diverged step before it); stop with
+    the same one-line hint as a non-finite loss, before the mask or AdamW sees it."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        raise SSUError(f"gradient is not finite at optimizer step {step}; lower train.lr")
+
+
 def finetune(
     model,
     method,
@@ -131,8 +139,9 @@ def finetune(
                 group = batches[g : g + grad_accum]
                 for windows in workers.shard(group):
                     _backward(model, method, windows, pad_id, share_prompts, windows_per_backward, device,
-                              len(group), reference, stats, step)
+                              len(group), reference, stats, step + 1)
                 workers.sum_gradients(params)
+                _check_finite_gradients(params, step + 1)
                 mask_stats = masker(named)
                 if mask_stats:
                     stats["mask_fraction"].append(mask_stats.get("fraction"))

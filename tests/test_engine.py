@@ -582,3 +582,23 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
             assert loss_b[k] == pytest.approx(loss_a[k], rel=1e-4, abs=1e-6), k
         for k, g in grads_a.items():
             torch.testing.assert_close(grads_b[k], g, rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_gradient_with_a_finite_loss_is_a_one_line_error(synthetic_world, forget_set, tokenizer):
+    """d/dx sqrt(x) at 0 is inf: the loss stays finite, the gradient does not; the fine-tune
+    must stop with the lr hint instead of a traceback from the saliency threshold."""
+    base = get_method("ssu")(RunConfig(epsilon=0.5))
+
+    class InfGradient(type(base)):
+        def loss(self, model, batch, reference=None):
+            loss, parts = super().loss(model, batch, reference)
+            w = next(model.parameters())
+            return loss + torch.sqrt(w.flatten()[0] * 0).sum(), parts
+
+    model = load_base(synthetic_world.memorized)
+    before = {k: v.clone() for k, v in params(model).items()}
+    with pytest.raises(SSUError, match="gradient is not finite at optimizer step 1; lower train.lr"):
+        finetune(model, InfGradient(RunConfig(epsilon=0.5)), forget_set, tokenizer.pad_token_id, lr=1e-3, epochs=1,
+                 batch_size=2, grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0,
+                 progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in params(model).items())  # no step was taken
