@@ -6,8 +6,12 @@ Packed as full sequences, the prompt -- about half the tokens -- goes through th
 model 1 + K times. Here it goes through once, and the continuations attend to its
 key/value cache; the graph runs through the cache, so ONE backward still reaches
 every weight the prompt touched. Any Hugging Face causal LM whose ``forward``
-takes ``position_ids``, ``past_key_values`` and ``use_cache`` works; others (and
-batches with an empty prompt) fall back to the packed path (``None`` here).
+takes ``position_ids``, ``use_cache`` and a cache argument works -- ``cache`` since
+transformers 5.2x, ``past_key_values`` before (both are recognised) -- and returns a
+cache object with ``batch_select_indices``. Other models (and batches with an empty
+prompt) fall back to the packed path (``None`` here), and the first fallback for a
+model that lacks the interface logs one warning saying so: the loss is the same, only
+slower, and a silent fallback is how a transformers rename once went unnoticed.
 
 The two passes:
 
@@ -32,6 +36,7 @@ so they are unchanged. Rows keep the order given, so ``Batch.group`` applies.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +44,10 @@ import torch.nn.functional as F
 
 from .encoding import IGNORE_INDEX, Encoded
 
-_NEEDED = ("position_ids", "past_key_values", "use_cache")
+_NEEDED = ("position_ids", "use_cache")
+_CACHE_ARGS = ("cache", "past_key_values")  # transformers >= 5.2x, then older releases
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,23 @@ def _forward_params(model) -> set[str]:
     return set(inspect.signature(base.forward).parameters)
 
 
+def _cache_arg(accepted: set[str]) -> str | None:
+    """The name under which ``forward`` takes a KV cache, if the other arguments are there too."""
+    if not set(_NEEDED) <= accepted:
+        return None
+    return next((name for name in _CACHE_ARGS if name in accepted), None)
+
+
 def accepts_shared_prompts(model) -> bool:
-    return set(_NEEDED) <= _forward_params(model)
+    return _cache_arg(_forward_params(model)) is not None
+
+
+def _fall_back(model, why: str) -> None:
+    """Warn once per model class that the shared-prompt path cannot run (the packed path is exact, but slower)."""
+    name = type(model).__name__
+    if name not in _warned:
+        _warned.add(name)
+        log.warning("prompt sharing is off for %s (%s); using packed rows: same loss, more compute", name, why)
 
 
 def shared_prompt_nll(model, prompts: list[list[int]], continuations: list[list[int]],
@@ -78,7 +101,9 @@ def shared_prompt_nll(model, prompts: list[list[int]], continuations: list[list[
     """Per-token NLL ``(rows, max continuation length)`` and its mask, row r being
     ``prompts[prompt_index[r]] + continuations[r]``; ``None`` if the model cannot share."""
     accepted = _forward_params(model)
-    if not set(_NEEDED) <= accepted:
+    cache_arg = _cache_arg(accepted)
+    if cache_arg is None:
+        _fall_back(model, "its forward takes no position_ids/use_cache/cache arguments")
         return None
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -91,8 +116,11 @@ def shared_prompt_nll(model, prompts: list[list[int]], continuations: list[list[
     keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, **keep)
-    cache = out.past_key_values
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
     if not hasattr(cache, "batch_select_indices"):  # legacy tuple caches: use the packed path
+        _fall_back(model, f"its cache ({type(cache).__name__}) has no batch_select_indices")
         return None
 
     n_cont = max(len(c) for c in continuations)
@@ -116,7 +144,7 @@ def shared_prompt_nll(model, prompts: list[list[int]], continuations: list[list[
             # with a long prompt and a short continuation, batched with a longer
             # continuation, would otherwise run past a learned position table (GPT-2's 512).
             position_ids=p_mask.sum(1)[idx, None] + (c_mask.cumsum(1) - 1).clamp(min=0),
-            past_key_values=cache, use_cache=True,
+            use_cache=True, **{cache_arg: cache},
         ).logits.float()
         rest = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target[:, 1:].clamp(min=0).reshape(-1),
                                reduction="none").view(len(continuations), n_cont - 1)

@@ -15,6 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import ssu.losses
+import ssu.prefix
 from ssu.encoding import Encoded
 from ssu.losses import LEARN, RANDOM, RETAIN, forward_nll, group_mean_nll, make_batch
 from ssu.prefix import accepts_shared_prompts, shared_prompt_nll
@@ -83,8 +84,9 @@ def test_shared_prompts_give_the_packed_loss_and_gradients(arch, attn):
     torch.testing.assert_close(nll_s.sum(1), nll_p.sum(1), atol=1e-5, rtol=1e-5)
 
 
-def test_models_without_a_cache_interface_use_the_packed_path():
+def test_models_without_a_cache_interface_use_the_packed_path(caplog, monkeypatch):
     model = tiny("gpt2", "eager")
+    monkeypatch.setattr(ssu.prefix, "_warned", set())
 
     class LogitsOnly(torch.nn.Module):  # forward(input_ids, attention_mask) only
         def __init__(self):
@@ -99,6 +101,18 @@ def test_models_without_a_cache_interface_use_the_packed_path():
     nll_a, mask_a = forward_nll(wrapped, make_batch(rows, PAD, share_prompts=True))
     nll_b, mask_b = forward_nll(wrapped, make_batch(rows, PAD))
     assert torch.equal(nll_a, nll_b) and torch.equal(mask_a, mask_b)
+    forward_nll(wrapped, make_batch(rows, PAD, share_prompts=True))
+    said = [r.getMessage() for r in caplog.records if r.name == "ssu.prefix"]
+    assert len(said) == 1 and "prompt sharing is off for LogitsOnly" in said[0]  # said once, not silently
+
+
+def test_the_cache_argument_is_found_under_either_name():
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); both must enable sharing."""
+    from ssu.prefix import _cache_arg
+
+    assert _cache_arg({"position_ids", "use_cache", "cache"}) == "cache"
+    assert _cache_arg({"position_ids", "use_cache", "past_key_values"}) == "past_key_values"
+    assert _cache_arg({"position_ids", "cache"}) is None
 
 
 def test_ssu_step_with_shared_prompts_matches_the_packed_step(run_dir, monkeypatch):
