@@ -18,7 +18,7 @@ from data_prep import load_windows
 from ssu.memorize import rouge_by_book
 from ssu.modeling import load_tokenizer
 from ssu.run import RunDir
-from ssu.step import load_composed
+from ssu.compose import load_composed
 
 
 def main() -> None:

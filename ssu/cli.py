@@ -206,19 +206,35 @@ def _maybe_eval(run_dir, t):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def stack(run_dir):
+@click.option("--rounding", type=click.Choice(["bfloat16", "float16", "none"]), default=None,
+              help="Also show how much of each vector an export in this dtype keeps "
+                   "(default: the run's dtype when it is half precision).")
+def stack(run_dir, rounding):
     """List the stack of vectors: step, books, alpha, norm, density, bytes."""
+    from .compose import composed_float32, stack_of
+    from .modeling import DTYPES, resolve_device, resolve_dtype
     from .run import RunDir
-    from .step import stack_of
 
-    rows = stack_of(RunDir(run_dir)).describe()
+    run = RunDir(run_dir)
+    rows = stack_of(run).describe()
     if not rows:
         click.echo("the stack is empty (no completed steps)")
         return
-    click.echo(f"{'step':>4}  {'alpha':>6}  {'norm':>10}  {'density':>8}  {'bytes':>12}  books")
+    if rounding is None:
+        run_dtype = resolve_dtype(run.config.dtype, resolve_device(run.config.device))
+        rounding = str(run_dtype).removeprefix("torch.") if run_dtype in (DTYPES["bfloat16"], DTYPES["float16"]) \
+            else "none"
+    kept = composed_float32(run, rounding=DTYPES[rounding])[1] if rounding != "none" else {}
+    extra = f"  {rounding + ' rel.err':>15}  {'unchanged':>9}" if kept else ""
+    click.echo(f"{'step':>4}  {'alpha':>6}  {'norm':>10}  {'density':>8}  {'bytes':>12}{extra}  books")
     for r in rows:
+        k = kept.get(r["step"])
+        cols = f"  {k['rel_error']:>15.4f}  {k['unchanged']:>9.4f}" if k else ("  " + " " * 26 if kept else "")
         click.echo(f"{r['step']:>4}  {r['alpha']:>6g}  {r['norm']:>10.4f}  {r['density']:>8.4f}  "
-                   f"{r['bytes']:>12,}  {', '.join(r['books'])}")
+                   f"{r['bytes']:>12,}{cols}  {', '.join(r['books'])}")
+    if kept:
+        click.echo(f"rel.err: |rounded change - alpha*v| / |alpha*v| when the composed weights are stored as "
+                   f"{rounding} (0 = kept, 1 = lost); unchanged: share of the vector's entries that move no weight")
 
 
 @main.command()
@@ -226,13 +242,19 @@ def stack(run_dir):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--upto", type=click.IntRange(0), default=None, help="Apply steps 1..UPTO only (0 = base).")
 @click.option("--alpha", "alphas", multiple=True, metavar="T=VALUE", help="Re-weight step T (0 removes it).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Weights' dtype on disk. float32 is exact; a half dtype rounds, and says how much survived.")
 @click.option("--overwrite", is_flag=True)
-def compose(run_dir, out_dir, upto, alphas, overwrite):
+def compose(run_dir, out_dir, upto, alphas, dtype, overwrite):
     """Write base + sum of alpha_t * v_t as a standard Hugging Face model directory."""
     from .compose import compose_to_dir
 
-    applied = compose_to_dir(run_dir, out_dir, upto=upto, alphas=_parse_alphas(alphas), overwrite=overwrite)
-    click.echo(f"composed base + steps {applied or '(none)'} -> {out_dir}")
+    applied, rounding = compose_to_dir(run_dir, out_dir, upto=upto, alphas=_parse_alphas(alphas),
+                                       overwrite=overwrite, dtype=dtype)
+    click.echo(f"composed base + steps {applied or '(none)'} -> {out_dir} ({dtype})")
+    for s, r in rounding.items():
+        click.echo(f"  step {s}: {dtype} keeps the vector with relative error {r['rel_error']:.4f}; "
+                   f"{r['unchanged']:.1%} of its entries move no weight")
 
 
 @main.command()

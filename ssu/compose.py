@@ -1,19 +1,77 @@
-"""``ssu compose``: materialise any point of the stack as a Hugging Face model."""
+"""Composition: θ_t = θ_0 + Σ_{s≤t} α_s·v_s from a run's stack, in memory or as a model directory.
+
+:func:`load_composed` builds the model that steps train on and evaluation measures,
+exact to the vectors in every dtype (see :mod:`ssu.precision` for how half-precision
+runs keep the vectors unrounded). :func:`compose_to_dir` (``ssu compose``) exports the
+composed weights as a standard Hugging Face model directory: float32 by default
+(exact), or rounded to a half dtype for deployment, with a per-step report of how much
+of each vector the rounding kept.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .errors import SSUError
 from .fsutil import atomic_dir, atomic_write_json
-from .modeling import SSU_MODEL_CARD, load_tokenizer
+from .modeling import DTYPES, SSU_MODEL_CARD, load_model, load_tokenizer, resolve_device, resolve_dtype
+from .precision import attach_lora_stack, autocast_forward, is_half
 from .run import RunDir
-from .step import load_composed
+from .stack import StackEntry, VectorStack
+from .task_vector import load_vector
+
+
+def stack_of(run: RunDir) -> VectorStack:
+    """The completed steps' vectors, in step order."""
+    steps = run.manifest["steps"]
+    entries = [
+        StackEntry(step=int(s), path=run.vector_path(int(s)), alpha=e["alpha"], metadata=e)
+        for s, e in sorted(steps.items(), key=lambda kv: int(kv[0]))
+    ]
+    return VectorStack(entries)
+
+
+def _verified_stack(run: RunDir, upto: int | None) -> VectorStack:
+    stack = stack_of(run)
+    for entry in stack.entries:
+        if upto is None or entry.step <= upto:
+            run.verify_artifacts(entry.step)
+    return stack
+
+
+def load_composed(run: RunDir, upto: int | None = None, alphas: dict[int, float] | None = None,
+                  device=None):
+    """θ = base + Σ_t α_t·v_t for completed steps t ≤ ``upto``, in the run's precision.
+
+    float32 runs get composed float32 weights. Half-precision runs get either the
+    half-precision base with the LoRA stack as a frozen float32 adapter (LoRA runs) or
+    float32 master weights computing under autocast (full fine-tunes).
+    """
+    cfg = run.config
+    dev = resolve_device(device or cfg.device) if isinstance(device or cfg.device, str) else device
+    dtype = resolve_dtype(cfg.dtype, dev)
+    stack = _verified_stack(run, upto)
+    if not is_half(dtype):
+        model = load_model(cfg.model, dev, cfg.dtype, cfg.trust_remote_code)
+        return stack.compose_into(model, upto=upto, alphas=alphas)
+    applied = {s: a for s, a in stack.effective_alphas(upto, alphas).items() if a != 0.0}
+    if cfg.train.finetune == "lora" and all(stack.entries[s - 1].metadata.get("finetune") == "lora" for s in applied):
+        model = load_model(cfg.model, dev, cfg.dtype, cfg.trust_remote_code)
+        if not applied:
+            return model
+        lora = sum(a * load_vector(stack.entries[s - 1].path)[0] for s, a in applied.items())
+        return attach_lora_stack(model, lora)
+    model = load_model(cfg.model, dev, "float32", cfg.trust_remote_code)
+    stack.compose_into(model, upto=upto, alphas=alphas)
+    return autocast_forward(model, dtype)
 
 
 def compose_to_dir(run_dir, out_dir, upto: int | None = None, alphas: dict[int, float] | None = None,
-                   overwrite: bool = False) -> list[int]:
-    """Write theta = base + sum_{t <= upto} alpha_t * v_t; return the steps applied."""
+                   overwrite: bool = False, dtype: str = "float32") -> tuple[list[int], dict[int, dict]]:
+    """Write θ = base + Σ_{t≤upto} α_t·v_t in ``dtype``; return the steps applied and, for a
+    half ``dtype``, per step what the rounding kept of α_t·v_t (else ``{}``)."""
     run = RunDir(run_dir)
     done = run.completed_steps()
     if upto is not None and upto > (done[-1] if done else 0):
@@ -21,11 +79,14 @@ def compose_to_dir(run_dir, out_dir, upto: int | None = None, alphas: dict[int, 
     unknown = sorted(set(alphas or {}) - set(done))
     if unknown:
         raise SSUError(f"--alpha names steps that are not complete: {unknown}")
+    if dtype not in DTYPES:
+        raise SSUError(f"unknown export dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise SSUError(f"{out_dir} already exists (use --overwrite to replace it)")
     cfg = run.config
-    model = load_composed(run, upto=upto, alphas=alphas)
+    model, rounding = composed_float32(run, upto, alphas, DTYPES[dtype])
+    model = model.to(DTYPES[dtype])
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     applied = [s for s in done if upto is None or s <= upto]
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -35,7 +96,21 @@ def compose_to_dir(run_dir, out_dir, upto: int | None = None, alphas: dict[int, 
         if card.is_file():
             (tmp / SSU_MODEL_CARD).write_bytes(card.read_bytes())
         atomic_write_json(tmp / "ssu_compose.json", {
-            "run": str(run.path.resolve()), "steps": applied,
+            "run": str(run.path.resolve()), "steps": applied, "dtype": dtype,
             "alphas": {str(s): (alphas or {}).get(s, run.step_record(s)["alpha"]) for s in applied},
+            "rounding": {str(s): r for s, r in rounding.items()},
         })
-    return applied
+    return applied, rounding
+
+
+def composed_float32(run: RunDir, upto: int | None = None, alphas: dict[int, float] | None = None,
+                     rounding: torch.dtype | None = None):
+    """The composed model in float32 weights (exact) and, when ``rounding`` is a half dtype,
+    the per-step report of what rounding to it would keep."""
+    cfg = run.config
+    model = load_model(cfg.model, cfg.device, "float32", cfg.trust_remote_code)
+    stack = _verified_stack(run, upto)
+    if rounding is not None and is_half(rounding):
+        return model, stack.rounding_report(model, rounding, upto=upto, alphas=alphas)
+    stack.compose_into(model, upto=upto, alphas=alphas)
+    return model, {}

@@ -75,7 +75,7 @@ def token_logprobs(model, tokenizer, windows: list[dict], max_length: int, batch
 
 
 def _load_model_for(run: RunDir, step: int, base_only: bool = False):
-    from .step import load_composed
+    from .compose import load_composed
 
     if base_only:
         return load_composed(run, upto=0)

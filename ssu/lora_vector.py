@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ssu.errors import SSUError
-from ssu.task_vector import Target, TaskVector, _apply, _check_same_keys, _Vector
+from ssu.task_vector import RoundingReport, Target, TaskVector, _apply, _check_same_keys, _Vector
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,9 @@ class LoraTaskVector(_Vector):
         """Materialise every target's scale·B@A (float32) as a :class:`TaskVector`."""
         return TaskVector({k: r.delta() for k, r in self._m.items()})
 
-    def apply_to(self, target: Target, scale: float = 1.0) -> Target:
+    def apply_to(self, target: Target, scale: float = 1.0, report: RoundingReport | None = None) -> Target:
         """Add ``scale``·scale_t·B@A per target in place, one dense delta at a time."""
-        return _apply(target, self.keys(), lambda n: self._m[n].delta(scale))
+        return _apply(target, self.keys(), lambda n: self._m[n].delta(scale), report)
 
     def norm(self) -> float:
         """L2 norm of the dense delta, computed per target from the factors."""

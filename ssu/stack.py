@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssu.task_vector import Target, load_vector
+import torch
+
+from ssu.task_vector import RoundingReport, Target, load_vector
 
 
 @dataclass
@@ -82,13 +84,30 @@ class VectorStack:
 
         ``upto=0`` leaves ``target`` untouched (the base, bit for bit). Each vector is
         loaded, applied and released before the next is read. An α_t of 0 adds exact
-        zeros, so the result equals composing without step t.
+        zeros, so the result equals composing without step t. Exact to float32 only
+        when ``target`` is float32: see :meth:`rounding_report` for half precision.
         """
+        self._compose(target, upto, alphas, None)
+        return target
+
+    def rounding_report(self, target: Target, dtype: torch.dtype, upto: int | None = None,
+                        alphas: dict[int, float] | None = None) -> dict[int, dict[str, float]]:
+        """Compose into ``target`` (float32 weights) as :meth:`compose_into` does, and say per
+        step how much of α_t·v_t would survive rounding the composed weights to ``dtype``
+        (a half-precision export): ``{step: {"dtype", "rel_error", "unchanged"}}``."""
+        return self._compose(target, upto, alphas, dtype)
+
+    def _compose(self, target: Target, upto: int | None, alphas: dict[int, float] | None,
+                 rounding: torch.dtype | None) -> dict[int, dict[str, float]]:
+        reports = {}
         for step, alpha in self.effective_alphas(upto, alphas).items():
             vector, _ = load_vector(self._entries[step - 1].path)
-            vector.apply_to(target, scale=alpha)
+            report = RoundingReport(rounding) if rounding is not None else None
+            vector.apply_to(target, scale=alpha, report=report)
+            if report is not None:
+                reports[step] = report.summary()
             del vector
-        return target
+        return reports
 
     def describe(self) -> list[dict[str, Any]]:
         """One summary row per step: step, books, alpha, kind, norm, density, bytes (file size).

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .compose import load_composed, stack_of
 from .config import RunConfig, environment, resolve
 from .distributed import Workers
 from .errors import SSUError
@@ -26,9 +27,9 @@ from .forget_set import build_forget_set
 from .fsutil import atomic_dir, atomic_write_json, sha256_file
 from .memorize import seed_everything
 from .methods import get_method
-from .modeling import load_model, load_tokenizer, model_card
+from .modeling import load_tokenizer, model_card, resolve_device, resolve_dtype
+from .precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
 from .run import CONFIG, VECTOR, RunDir, model_fingerprint
-from .stack import StackEntry, VectorStack
 from .task_vector import LoraTaskVector, TaskVector
 
 DEFAULT_LR = 1e-5  # the public reference's learning rate for pre-trained 7B models
@@ -71,29 +72,6 @@ def init_run(run_dir: str | Path, overrides: dict[str, Any], overwrite: bool = F
     return cfg
 
 
-def stack_of(run: RunDir) -> VectorStack:
-    """The completed steps' vectors, in step order."""
-    steps = run.manifest["steps"]
-    entries = [
-        StackEntry(step=int(s), path=run.vector_path(int(s)), alpha=e["alpha"], metadata=e)
-        for s, e in sorted(steps.items(), key=lambda kv: int(kv[0]))
-    ]
-    return VectorStack(entries)
-
-
-def load_composed(run: RunDir, upto: int | None = None, alphas: dict[int, float] | None = None,
-                  device=None):
-    """theta = base + sum_t alpha_t * v_t for completed steps t <= upto."""
-    cfg = run.config
-    model = load_model(cfg.model, device or cfg.device, cfg.dtype, cfg.trust_remote_code)
-    stack = stack_of(run)
-    for entry in stack.entries:
-        if upto is None or entry.step <= upto:
-            run.verify_artifacts(entry.step)
-    stack.compose_into(model, upto=upto, alphas=alphas)
-    return model
-
-
 def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool = True,
              on_step: StepHook | None = None) -> dict | None:
     """Perform time step ``step``; return its manifest entry (None if already complete)."""
@@ -107,19 +85,24 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
             run.drop_from(step)
         workers.barrier()
     run.check_ready(step)
+    dev = workers.device or resolve_device(cfg.device)
+    check_supported(cfg.train.finetune, resolve_dtype(cfg.dtype, dev))
     method = get_method(cfg.method)(cfg)
     seed_everything(cfg.seed + step)
     t0 = time.perf_counter()
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model = load_composed(run, upto=step - 1, device=workers.device)
+    model = load_composed(run, upto=step - 1, device=dev)
     fs = build_forget_set(cfg.data, step, tokenizer, k_random=cfg.k_random,
                           with_random=method.uses_random_labels, with_retain=method.needs_retain,
                           seed=cfg.seed + step, max_length=cfg.train.max_length)
+    trainable, snapshot = _prepare_trainable(model, cfg)
     reference = None
     if method.needs_reference:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    trainable, snapshot = _prepare_trainable(model, cfg)
+        # LoRA: θ_{t-1} is the trained model with its step adapter off (no copy); a full
+        # fine-tune changes every weight, so it needs a frozen copy.
+        reference = ReferenceView(trainable) if snapshot is None else \
+            copy.deepcopy(model).eval().requires_grad_(False)
     t_load = time.perf_counter() - t0
 
     stats = finetune(
@@ -147,6 +130,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     entry = {
         **metadata,
         "n_windows": len(fs.learn),
+        "precision": _precision(trainable),
         "hyperparameters": {"lr": cfg.train.lr, "epochs": cfg.train.epochs,
                             "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
                             "epsilon": cfg.epsilon if method.uses_random_labels else 0.0,
@@ -164,8 +148,17 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     return entry
 
 
+def _precision(model) -> dict[str, str]:
+    """What the step trained in: the weights' dtype, the forward's, and how the stack was held."""
+    weights = next(model.parameters()).dtype  # the embedding: base weights, never a LoRA factor
+    compute = getattr(model, "ssu_compute_dtype", weights)
+    stack = "adapter" if STACK_ADAPTER in getattr(model, "peft_config", {}) else "merged"
+    return {"weights": str(weights).removeprefix("torch."), "compute": str(compute).removeprefix("torch."),
+            "stack": stack}
+
+
 def _prepare_trainable(model, cfg: RunConfig):
-    """Wrap with LoRA, or snapshot the weights for a full fine-tune."""
+    """Wrap with LoRA (beside the frozen stack adapter, if any), or snapshot for a full fine-tune."""
     if cfg.train.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -178,11 +171,15 @@ def _prepare_trainable(model, cfg: RunConfig):
                 warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
                 # peft calls a transformers property that transformers now marks deprecated.
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                return get_peft_model(model, peft_cfg), None
+                if STACK_ADAPTER in getattr(model, "peft_config", {}):
+                    add_step_adapter(model, peft_cfg)
+                    return model, None
+                return get_peft_model(model, peft_cfg, adapter_name=STEP_ADAPTER), None
         except ValueError as e:
             raise SSUError(f"cannot apply LoRA: {str(e).splitlines()[0]}") from e
     # named_parameters() lists a tied tensor (embeddings / LM head) once; a state_dict
-    # would list it under both names and the delta would be applied twice.
+    # would list it under both names and the delta would be applied twice. The snapshot
+    # stays in host memory; the vector is computed on the weights' device, tensor by tensor.
     snapshot = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.named_parameters()}
     model.requires_grad_(True)
     return model, snapshot
@@ -190,5 +187,5 @@ def _prepare_trainable(model, cfg: RunConfig):
 
 def _extract_vector(model, snapshot, cfg: RunConfig):
     if cfg.train.finetune == "lora":
-        return LoraTaskVector.from_peft_model(model)
+        return LoraTaskVector.from_peft_model(model, STEP_ADAPTER)
     return TaskVector.from_state_dicts(dict(model.named_parameters()), snapshot)

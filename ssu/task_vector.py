@@ -84,8 +84,41 @@ def _add_update_(t: Tensor, update: Tensor, name: str) -> None:
         t.copy_(t.to(work).add_(update))
 
 
-def _apply(target: Target, names: list[str], update_fn: Callable[[str], Tensor]) -> Target:
-    """Add ``update_fn(name)`` to each named tensor of ``target`` in place, once per storage."""
+class RoundingReport:
+    """How much of an applied delta survives when the result is rounded to ``dtype``.
+
+    Composition itself is exact (float32 weights); this measures what an export in a
+    half dtype would keep of one step's α·v: with θ̂ = θ rounded to ``dtype``,
+    Δ̂ = θ̂_after − θ̂_before versus the intended Δ = α·v, summed over the step's tensors.
+    ``rel_error`` = ‖Δ̂ − Δ‖ / ‖Δ‖ (0 = kept exactly, ≈1 = lost) and ``unchanged`` = the
+    fraction of non-zero Δ entries whose rounded weight did not move at all.
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self.err_sq = self.ref_sq = 0.0
+        self.nonzero = self.unchanged = 0
+
+    def add(self, before: Tensor, update: Tensor, after: Tensor) -> None:
+        moved = after.to(self.dtype).float() - before.to(self.dtype).float()
+        nz = update != 0
+        self.err_sq += float(torch.linalg.vector_norm((moved - update).double()) ** 2)
+        self.ref_sq += float(torch.linalg.vector_norm(update.double()) ** 2)
+        self.nonzero += int(nz.sum())
+        self.unchanged += int((nz & (moved == 0)).sum())
+
+    def summary(self) -> dict[str, float]:
+        return {"dtype": str(self.dtype).removeprefix("torch."),
+                "rel_error": math.sqrt(self.err_sq / self.ref_sq) if self.ref_sq else 0.0,
+                "unchanged": self.unchanged / self.nonzero if self.nonzero else 0.0}
+
+
+def _apply(target: Target, names: list[str], update_fn: Callable[[str], Tensor],
+           report: RoundingReport | None = None) -> Target:
+    """Add ``update_fn(name)`` to each named tensor of ``target`` in place, once per storage.
+
+    ``report``: also measure what rounding the result to ``report.dtype`` would keep.
+    """
     tensors = _target_tensors(target)
     missing = [n for n in names if n not in tensors]
     if missing:
@@ -99,7 +132,10 @@ def _apply(target: Target, names: list[str], update_fn: Callable[[str], Tensor])
             for other in others:
                 if not torch.equal(update_fn(other), update):
                     raise ValueError(f"tied keys {first} and {other} have different deltas")
+            before = tensors[first].clone() if report is not None else None
             _add_update_(tensors[first], update, first)
+            if report is not None:
+                report.add(before, update.to(before.device, torch.float32), tensors[first])
     return target
 
 
@@ -282,7 +318,11 @@ class TaskVector(_Vector):
             if not (ft.is_floating_point() and b.is_floating_point()) or ft.shape != b.shape:
                 raise ValueError(f"{k}: need floating tensors of one shape, got {ft.dtype}{tuple(ft.shape)} "
                                  f"and {b.dtype}{tuple(b.shape)}")
-        return cls({k: finetuned[k].detach().float() - base[k].detach().float() for k in keys})
+        # Computed in float32 on the device of the fine-tuned weights: the base (a pre-step
+        # snapshot) may live elsewhere -- host memory while the weights are on a GPU --
+        # and is brought over one tensor at a time.
+        return cls({k: finetuned[k].detach().float() - base[k].detach().to(finetuned[k].device).float()
+                    for k in keys})
 
     @classmethod
     def from_models(cls, finetuned: nn.Module, base: nn.Module) -> TaskVector:
@@ -309,9 +349,13 @@ class TaskVector(_Vector):
         # add_(0.0) turns -0.0 into +0.0 so negated vectors stay sparse on disk
         return TaskVector({k: (v * float(c)).add_(0.0) for k, v in self._m.items()})
 
-    def apply_to(self, target: Target, scale: float = 1.0) -> Target:
-        """Add ``scale``·delta to ``target`` (model or state dict) in place, in its dtype."""
-        return _apply(target, self.keys(), lambda n: self._m[n] * float(scale))
+    def apply_to(self, target: Target, scale: float = 1.0, report: RoundingReport | None = None) -> Target:
+        """Add ``scale``·delta to ``target`` (model or state dict) in place.
+
+        The sum is formed in float32 and stored in the target's dtype: exact to float32
+        for float32 weights, rounded for half-precision ones (see :class:`RoundingReport`).
+        """
+        return _apply(target, self.keys(), lambda n: self._m[n] * float(scale), report)
 
     def norm(self) -> float:
         """Global L2 norm, each tensor reduced in float64."""
