@@ -14,6 +14,11 @@ whose gradient is always masked stays bit-identical (Adam's update for an all-ze
 gradient history is exactly zero). Under ``accelerate launch`` each process runs
 its share of a group's micro-batches and the gradients are summed before the mask
 (``ssu/distributed.py``).
+
+Memory: the run must fit 7-8B models, so beyond the weights, their gradients and
+AdamW's two moments nothing full-size is kept or built at once: the saliency mask
+and the finiteness check work chunk by chunk, and AdamW runs its per-tensor loop
+(see :func:`finetune`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .distributed import Workers
 from .errors import SSUError
 from .forget_set import ForgetSet
 from .losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
-from .saliency import SaliencyMasker
+from .saliency import SaliencyMasker, chunk_views
 
 # Called after every optimizer step with the step index; tests use it to simulate a
 # crash in the middle of a time step.
@@ -85,9 +90,10 @@ def _backward(model, method, windows: list[list[Row]], pad_id: int, share_prompt
 
 def _check_finite_gradients(params: list[torch.Tensor], step: int) -> None:
     """A finite loss can still back-propagate inf/NaN (a diverged step before it); stop with
-    the same one-line hint as a non-finite loss, before the mask or AdamW sees it."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+    the same one-line hint as a non-finite loss, before the mask or AdamW sees it. Checked
+    chunk by chunk: ``isfinite`` of a whole embedding gradient is a 0.5 GB bool at 8B scale."""
+    finite = [torch.isfinite(c).all() for p in params if p.grad is not None for c in chunk_views(p.grad)]
+    if finite and not bool(torch.stack(finite).all()):
         raise SSUError(f"gradient is not finite at optimizer step {step}; lower train.lr")
 
 
@@ -121,7 +127,11 @@ def finetune(
     params = [p for _, p in named]
     n_micro = math.ceil(len(fs.learn) / batch_size)
     total_steps = epochs * math.ceil(n_micro / grad_accum)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # foreach=False: the multi-tensor ("foreach") AdamW, torch's default on CUDA, takes
+    # sqrt of every second moment at once -- a transient copy of all of them (16 GB for
+    # 8B bf16 weights). The per-tensor loop holds one tensor's temporaries at a time and
+    # is what torch already runs on CPU.
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)
     # Linear decay to zero without warm-up, as the public reference's schedule.
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(total_steps, 1))
     masker = SaliencyMasker(method.saliency_mode, k=saliency_k, density=saliency_density)

@@ -11,6 +11,13 @@ A micro-batch may be forwarded in chunks to bound activation memory. Every loss
 is a sum of per-token or per-row terms over a group's total, so a chunk carries
 the *whole micro-batch's* totals (``Batch.norm``) and divides by them: the chunks'
 losses, and their gradients, then add up exactly to the unchunked ones.
+
+The packed path evaluates the LM head only where a loss is counted: with a
+128k-token vocabulary the logits (and their float32 copy for the cross-entropy)
+are the largest activation of a 7-8B model's forward, and prompt positions --
+about half of every row -- carry no loss. Prompts come first in every row, so
+every counted target lies at or after the batch's first labelled column, and
+models that take ``logits_to_keep`` compute logits for the last positions only.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoding import IGNORE_INDEX, Encoded, collate
-from .prefix import SharedPrompts, group_by_prompt, shared_prompt_nll
+from .prefix import SharedPrompts, _forward_params, group_by_prompt, shared_prompt_nll
 
 LEARN, RANDOM, RETAIN = 0, 1, 2
 Row = tuple[Encoded, int]  # an encoded pair and its group
@@ -36,10 +43,20 @@ class Batch:
     shared: SharedPrompts | None = None  # the same rows grouped by prompt, for the shared-prompt path
     # group -> (counted tokens, rows) of the whole micro-batch when this batch is a chunk of it
     norm: dict[int, tuple[int, int]] | None = None
+    # First column holding a label in any row (the shortest prompt, as prompts come
+    # first); derived from ``labels`` when not given, and carried by ``to`` so it is
+    # read on the host, not synchronised from the device.
+    label_start: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_start is None:
+            labelled = (self.labels != IGNORE_INDEX).any(0).nonzero()
+            self.label_start = int(labelled[0]) if len(labelled) else self.labels.size(1)
 
     def to(self, device) -> Batch:
         tensors = (self.input_ids, self.attention_mask, self.labels, self.group)
-        return Batch(*(t.to(device) for t in tensors), shared=self.shared, norm=self.norm)
+        return Batch(*(t.to(device) for t in tensors), shared=self.shared, norm=self.norm,
+                     label_start=self.label_start)
 
     def has(self, group: int) -> bool:
         return bool((self.group == group).any())
@@ -113,5 +130,25 @@ def forward_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         out = shared_prompt_nll(model, s.prompts, s.continuations, s.prompt_index, s.pad_id)
         if out is not None:
             return out
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return token_nll(logits, batch.labels)
+    return packed_nll(model, batch)
+
+
+def packed_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_nll` of the packed rows, laid out by position ``(rows, width - 1)``,
+    with the LM head evaluated only from the first position that predicts a label.
+
+    The logit at position i predicts token i + 1, so the first needed one sits at
+    ``label_start - 1``; ``logits_to_keep = width - that`` (an int keeps the LAST
+    positions). The columns before it are zeros outside the mask, exactly what
+    :func:`token_nll` gives there. Models whose forward lacks ``logits_to_keep``
+    return every position and are aligned the same way.
+    """
+    width = batch.input_ids.size(1)
+    first = max(min(batch.label_start, width) - 1, 0)
+    keep = {"logits_to_keep": width - first} if first > 0 and "logits_to_keep" in _forward_params(model) else {}
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+    skipped = width - logits.size(1)  # what the model actually kept (all, if it ignored the argument)
+    nll, mask = token_nll(logits, batch.labels[:, skipped:])
+    if skipped == 0:
+        return nll, mask
+    return F.pad(nll, (skipped, 0)), F.pad(mask, (skipped, 0))

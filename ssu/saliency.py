@@ -7,11 +7,17 @@ backward pass is involved. (The public SSU code masks after a first backward and
 then runs a second one, so its effective gradient is g ⊙ (1 + m) and every weight
 still moves; that is deliberately not reproduced.)
 
-Statistics are accumulated chunk by chunk (≤ 2**24 entries) in float64 and nothing
-is concatenated, so temporaries stay small even for billions of parameters.
+Memory: ssu must fine-tune 7-8B models, where one bool per weight is another 8 GB
+and a float32 copy of the gradient 32 GB. So statistics are accumulated chunk by
+chunk (≤ 2**24 entries) in float64 and nothing is concatenated, and the per-step
+mask (mode ``"step"``) is never materialised: each chunk of the gradient is
+multiplied by its own chunk of the mask, which is dropped at once. Nothing
+full-size outlives a call except in mode ``"fixed"`` (SalUn), whose first mask is
+reused at every step by definition and is therefore kept as one bool per entry.
 With AdamW (weight_decay = 0) an entry whose gradient was never selected keeps
-zero moments and therefore never moves; :attr:`SaliencyMasker.ever_selected`
-records which entries could have moved.
+zero moments and therefore never moves; which entries those are is not recorded
+(that would be a full-size union of masks), only per-parameter counts of the last
+call's selection.
 """
 
 from __future__ import annotations
@@ -33,9 +39,25 @@ def _abs(g: Tensor) -> Tensor:
     return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
 
 
+def chunk_views(g: Tensor) -> list[Tensor]:
+    """Views of ``g`` (writable in place) of at most :data:`CHUNK` entries, covering it
+    once, so an elementwise pass over them holds one chunk's temporaries at a time.
+    A non-contiguous ``g`` cannot be flattened without a copy: it is cut into blocks of
+    rows, or row by row (recursively) when one row is longer than a chunk."""
+    if g.is_contiguous():
+        return list(g.view(-1).split(CHUNK))
+    if g.dim() == 1:
+        return list(g.split(CHUNK))
+    row = g[0].numel()
+    if row > CHUNK:
+        return [c for r in g.unbind(0) for c in chunk_views(r)]
+    return list(g.split(max(1, CHUNK // max(row, 1))))
+
+
 def _chunks(tensors: Iterable[Tensor]) -> Iterable[Tensor]:
+    # Flat chunks; a non-contiguous tensor is copied one chunk at a time, never whole.
     for t in tensors:
-        yield from t.detach().reshape(-1).split(CHUNK)
+        yield from (c.reshape(-1) for c in chunk_views(t.detach()))
 
 
 def saliency_threshold(tensors: Iterable[Tensor], k: float = 1.0) -> float:
@@ -134,11 +156,15 @@ def compute_masks(params: Iterable[tuple[str, nn.Parameter]], k: float = 1.0,
     return _masks(_with_grads(params), k, density)[0]
 
 
-def _masks(grads: list[tuple[str, Tensor]], k: float, density: float | None) -> tuple[dict[str, Tensor], float]:
+def _threshold(grads: list[tuple[str, Tensor]], k: float, density: float | None) -> float:
     if not grads:
         raise ValueError("compute_masks: no parameter has a gradient (call after backward)")
     gs = (g for _, g in grads)
-    gamma = topk_threshold(gs, density) if density is not None else saliency_threshold(gs, k)
+    return topk_threshold(gs, density) if density is not None else saliency_threshold(gs, k)
+
+
+def _masks(grads: list[tuple[str, Tensor]], k: float, density: float | None) -> tuple[dict[str, Tensor], float]:
+    gamma = _threshold(grads, k, density)
     return {name: _abs(g) >= gamma for name, g in grads}, gamma
 
 
@@ -164,13 +190,34 @@ def apply_masks(params: Iterable[tuple[str, nn.Parameter]], masks: dict[str, Ten
             g.mul_(masks[name])
 
 
+def mask_in_place(grads: list[tuple[str, Tensor]], gamma: float) -> dict[str, int]:
+    """``g.mul_(|g| ≥ γ)`` chunk by chunk for every gradient; {name: selected entries}.
+
+    Bit-identical to multiplying by the whole mask at once (the product is
+    elementwise), while at most one chunk's mask exists at a time. The counts stay on
+    the device until every kernel is queued, so the host waits once, not per chunk.
+    """
+    counts = []
+    with torch.no_grad():
+        for _, g in grads:
+            n = torch.zeros((), dtype=torch.int64, device=g.device)
+            for c in chunk_views(g):
+                keep = _abs(c) >= gamma
+                n += keep.sum()
+                c.mul_(keep)
+            counts.append(n)
+    return {name: int(n) for (name, _), n in zip(grads, counts)}
+
+
 class SaliencyMasker:
     """Masks gradients once per optimizer step; call after backward, before ``optimizer.step()``.
 
-    Modes: ``"step"`` recomputes the mask from the current (accumulated) gradients at
-    every call — the SSU default; ``"fixed"`` computes it at the first call and reuses
-    it (SalUn); ``"none"`` leaves gradients untouched. ``ever_selected`` is the union
-    of the masks applied so far (all True for ``"none"``), one bool per entry.
+    Modes: ``"step"`` recomputes the threshold from the current (accumulated)
+    gradients at every call and masks in place chunk by chunk -- the SSU default;
+    ``"fixed"`` computes the mask at the first call and reuses it (SalUn): the one
+    mode that holds a full-size mask (``masks``, one bool per entry) between calls;
+    ``"none"`` leaves gradients untouched and keeps nothing. After a call,
+    ``threshold`` is its γ and ``selected`` its {parameter name: selected entries}.
     """
 
     def __init__(self, mode: str = "step", k: float = 1.0, density: float | None = None):
@@ -179,9 +226,9 @@ class SaliencyMasker:
         if density is not None and not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
         self.mode, self.k, self.density = mode, k, density
-        self.masks: dict[str, Tensor] | None = None
+        self.masks: dict[str, Tensor] | None = None  # mode "fixed" only
         self.threshold: float | None = None
-        self.ever_selected: dict[str, Tensor] = {}
+        self.selected: dict[str, int] = {}
         self.calls = 0
 
     def __call__(self, named_params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, Any]:
@@ -191,16 +238,18 @@ class SaliencyMasker:
         named_params = list(named_params)
         self.calls += 1
         if self.mode == "none":
-            for name, g in _with_grads(named_params):
-                self.ever_selected[name] = torch.ones_like(g, dtype=torch.bool)
             return {}
-        if self.mode == "step" or self.masks is None:
-            self.masks, self.threshold = _masks(_with_grads(named_params), self.k, self.density)
-        apply_masks(named_params, self.masks)
-        for name, m in self.masks.items():
-            prev = self.ever_selected.get(name)
-            self.ever_selected[name] = m.clone() if prev is None else prev | m
-        selected = sum(int(m.sum()) for m in self.masks.values())
-        total = sum(m.numel() for m in self.masks.values())
+        if self.mode == "step":
+            grads = _with_grads(named_params)
+            self.threshold = _threshold(grads, self.k, self.density)
+            self.selected = mask_in_place(grads, self.threshold)
+            total = sum(g.numel() for _, g in grads)
+        else:
+            if self.masks is None:
+                self.masks, self.threshold = _masks(_with_grads(named_params), self.k, self.density)
+                self.selected = {name: int(m.sum()) for name, m in self.masks.items()}
+            apply_masks(named_params, self.masks)
+            total = sum(m.numel() for m in self.masks.values())
+        selected = sum(self.selected.values())
         return {"threshold": self.threshold, "selected": selected, "total": total,
                 "fraction": selected / total if total else 0.0}

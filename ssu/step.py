@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .compose import load_composed, stack_of
+from .compose import load_composed
 from .config import RunConfig, environment, resolve
 from .distributed import Workers
 from .errors import SSUError

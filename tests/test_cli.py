@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ssu.cli import main
+from ssu.compose import load_composed
 from ssu.config import RunConfig
 from ssu.methods import list_methods
 from ssu.run import RunDir, model_fingerprint
-from ssu.compose import load_composed
 from ssu.task_vector import load_vector
 
 # Small full fine-tune so a CLI step takes about a second.
