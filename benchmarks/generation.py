@@ -1,6 +1,6 @@
 """Benchmark: batched greedy generation vs one-prompt-at-a-time HF generate.
 
-Prints tokens/s of ``ssu.generation.greedy_generate`` (batch 32, left padding, KV
+Prints tokens/s of ``ssu.eval.generation.greedy_generate`` (batch 32, left padding, KV
 cache) and of a plain loop calling ``model.generate`` once per prompt, on the same
 prompts and the same model, and their ratio (target: >= 8x on a 2-core CPU).
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from data_prep import load_windows, prepare_books, write_synthetic_corpus
-from ssu.encoding import encode_pair
-from ssu.generation import greedy_generate
-from ssu.modeling import load_model, load_tokenizer
-from ssu.tiny_model import make_tiny_model
+from ssu.engine.encoding import encode_pair
+from ssu.eval.generation import greedy_generate
+from ssu.models.loading import load_model, load_tokenizer
+from ssu.models.tiny import make_tiny_model
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from data_prep import prepare_books, write_synthetic_corpus
-from ssu.memorize import MemorizeConfig, memorize
-from ssu.tiny_model import make_tiny_model
+from ssu.models.memorize import MemorizeConfig, memorize
+from ssu.models.tiny import make_tiny_model
 
 
 def main() -> None:

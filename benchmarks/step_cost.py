@@ -83,8 +83,8 @@ class TrainMemory:
 
 def build_world(work: Path, n_books: int, words: int, mem_epochs: int) -> dict:
     from data_prep import prepare_books, write_synthetic_corpus
-    from ssu.memorize import MemorizeConfig, memorize
-    from ssu.tiny_model import make_tiny_model
+    from ssu.models.memorize import MemorizeConfig, memorize
+    from ssu.models.tiny import make_tiny_model
 
     if (work / "memorized" / "memorize.json").is_file():
         return json.loads((work / "memorized" / "memorize.json").read_text())
@@ -131,10 +131,10 @@ def _warm_up(work: Path, finetune: str = "full") -> None:
     import torch
 
     from ssu.config import resolve
-    from ssu.finetune import finetune as run_finetune
-    from ssu.forget_set import build_forget_set
+    from ssu.engine.finetune import finetune as run_finetune
+    from ssu.engine.forget_set import build_forget_set
     from ssu.methods import get_method
-    from ssu.modeling import load_model, load_tokenizer
+    from ssu.models.loading import load_model, load_tokenizer
     from ssu.step import _prepare_trainable
 
     cfg = resolve({"train": {"finetune": finetune}})
@@ -201,9 +201,9 @@ def worker_reference(work: Path) -> dict:
     import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
 
-    from ssu.encoding import collate, encode_pair
-    from ssu.forget_set import random_label_partners
-    from ssu.modeling import load_model, load_tokenizer
+    from ssu.engine.encoding import collate, encode_pair
+    from ssu.engine.forget_set import random_label_partners
+    from ssu.models.loading import load_model, load_tokenizer
 
     _warm_up(work, "lora")
     from data_prep import load_schedule, load_windows

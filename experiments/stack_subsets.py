@@ -15,10 +15,10 @@ import argparse
 import itertools
 
 from data_prep import load_windows
-from ssu.compose import load_composed
-from ssu.memorize import rouge_by_book
-from ssu.modeling import load_tokenizer
+from ssu.models.loading import load_tokenizer
+from ssu.models.memorize import rouge_by_book
 from ssu.run import RunDir
+from ssu.vectors.compose import load_composed
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .errors import SSUError
+from ssu.errors import SSUError
 
 
 class _Group(click.Group):
@@ -95,8 +95,8 @@ def synth(out_dir, n_books, seed, words_per_book, n_retain, n_heldout, overwrite
 @click.option("--overwrite", is_flag=True)
 def tiny_model(prepared_dir, out_dir, arch, size, vocab_size, max_positions, seed, overwrite):
     """Train a BPE tokenizer on the corpus and save a small, freshly initialised causal LM."""
-    from .modeling import model_card
-    from .tiny_model import make_tiny_model
+    from ssu.models.loading import model_card
+    from ssu.models.tiny import make_tiny_model
 
     make_tiny_model(prepared_dir, out_dir, arch=arch, size=size, vocab_size=vocab_size,
                     max_positions=max_positions, seed=seed, overwrite=overwrite)
@@ -124,8 +124,8 @@ def tiny_model(prepared_dir, out_dir, arch, size, vocab_size, max_positions, see
 @click.option("--overwrite", is_flag=True)
 def memorize(model, prepared_dir, out_dir, overwrite, **opts):
     """Fine-tune MODEL on every scheduled and retain book: the target unlearning starts from."""
-    from .memorize import MemorizeConfig
-    from .memorize import memorize as run
+    from ssu.models.memorize import MemorizeConfig
+    from ssu.models.memorize import memorize as run
 
     record = run(model, prepared_dir, out_dir, MemorizeConfig(**opts), overwrite=overwrite)
     scores = record["rougeL_by_book"]
@@ -160,8 +160,8 @@ def _parse_alphas(items) -> dict[int, float]:
 @click.option("--overwrite", is_flag=True, help="Start the run directory over.")
 def init(run_dir, model, data, method, config_file, sets, overwrite):
     """Create RUN_DIR with the fully resolved config (every hyperparameter, seed, versions)."""
-    from .config import load_yaml, merge, parse_set
-    from .step import init_run
+    from ssu.config import load_yaml, merge, parse_set
+    from ssu.step import init_run
 
     overrides = load_yaml(config_file) if config_file else {}
     overrides = merge(overrides, parse_set(list(sets)))
@@ -179,10 +179,10 @@ def init(run_dir, model, data, method, config_file, sets, overwrite):
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after the step.")
 def step(run_dir, t, force, no_eval):
     """Perform time step T: unlearn the book(s) the schedule removes at T."""
-    from .step import run_step
+    from ssu.step import run_step
 
     entry = run_step(run_dir, t, force=force)
-    from .distributed import Workers
+    from ssu.engine.distributed import Workers
 
     if not Workers().is_main:
         return
@@ -195,9 +195,9 @@ def step(run_dir, t, force, no_eval):
 
 
 def _maybe_eval(run_dir, t):
-    from .distributed import Workers
-    from .evaluate import evaluate_step
-    from .run import RunDir
+    from ssu.engine.distributed import Workers
+    from ssu.eval.evaluate import evaluate_step
+    from ssu.run import RunDir
 
     # Under `accelerate launch` the main process evaluates; the others are done.
     if RunDir(run_dir).config.eval.enabled and Workers().is_main:
@@ -211,9 +211,9 @@ def _maybe_eval(run_dir, t):
                    "(default: the run's dtype when it is half precision).")
 def stack(run_dir, rounding):
     """List the stack of vectors: step, books, alpha, norm, density, bytes."""
-    from .compose import composed_float32, stack_of
-    from .modeling import DTYPES, resolve_device, resolve_dtype
-    from .run import RunDir
+    from ssu.models.loading import DTYPES, resolve_device, resolve_dtype
+    from ssu.run import RunDir
+    from ssu.vectors.compose import composed_float32, stack_of
 
     run = RunDir(run_dir)
     rows = stack_of(run).describe()
@@ -247,7 +247,7 @@ def stack(run_dir, rounding):
 @click.option("--overwrite", is_flag=True)
 def compose(run_dir, out_dir, upto, alphas, dtype, overwrite):
     """Write base + sum of alpha_t * v_t as a standard Hugging Face model directory."""
-    from .compose import compose_to_dir
+    from ssu.vectors.compose import compose_to_dir
 
     applied, rounding = compose_to_dir(run_dir, out_dir, upto=upto, alphas=_parse_alphas(alphas),
                                        overwrite=overwrite, dtype=dtype)
@@ -260,7 +260,7 @@ def compose(run_dir, out_dir, upto, alphas, dtype, overwrite):
 @main.command()
 def methods():
     """List the registered unlearning methods."""
-    from .methods import get_method, list_methods
+    from ssu.methods import get_method, list_methods
 
     for name in list_methods():
         click.echo(f"{name:<22} {get_method(name).description}")
@@ -275,7 +275,7 @@ def methods():
 @click.option("--metric", "metrics", multiple=True, help="Metric to compute (default: the run's list).")
 def eval_cmd(run_dir, t, metrics):
     """Evaluate the model after step T (0 = the memorized base): memorization, utility, privacy."""
-    from .evaluate import evaluate_step
+    from ssu.eval.evaluate import evaluate_step
 
     rows = evaluate_step(run_dir, t, metrics=list(metrics) or None)
     click.echo(f"step {t}: {len(rows)} new result rows" if rows else f"step {t}: all results already computed")
@@ -287,7 +287,7 @@ def eval_cmd(run_dir, t, metrics):
 @click.option("--no-plots", is_flag=True)
 def report(run_dir, metric, no_plots):
     """Print the book x step matrix and utility per step; write PNG plots to RUN_DIR/plots."""
-    from .report import format_matrix, write_plots
+    from ssu.eval.report import format_matrix, write_plots
 
     click.echo(format_matrix(run_dir, metric))
     if not no_plots:
@@ -302,7 +302,7 @@ def report(run_dir, metric, no_plots):
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo(out_dir, books, steps, seed):
     """Synthetic corpus -> tiny model -> memorized target -> SSU steps with evaluation (CPU, minutes)."""
-    from .demo import run_demo
+    from ssu.demo import run_demo
 
     if steps > books:
         raise SSUError(f"--steps {steps} needs at least as many books (got --books {books})")
@@ -316,7 +316,7 @@ def demo(out_dir, books, steps, seed):
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
 def compare(config_file):
     """Run several methods on the same data, model, schedule and seed; write OUT/comparison.md + plots."""
-    from .compare import format_table, load_compare_config, run_comparison
+    from ssu.compare.runner import format_table, load_compare_config, run_comparison
 
     cc = load_compare_config(config_file)
     summary = run_comparison(cc, log=click.echo)
@@ -333,9 +333,9 @@ def compare(config_file):
               help="Evaluation config key, e.g. eval.max_windows=4 (use the compared runs' seed/eval).")
 def retrain(model, prepared_dir, out_dir, t, sets):
     """Re-memorize MODEL's recipe without the books removed at steps <= T, and evaluate it (the reference)."""
-    from .compare import summarize_results
-    from .config import parse_set
-    from .retrain import retrain as run
+    from ssu.compare.retrain import retrain as run
+    from ssu.compare.runner import summarize_results
+    from ssu.config import parse_set
 
     out = run(model, prepared_dir, out_dir, t, run_overrides=parse_set(list(sets)))
     s = summarize_results(out["results"], t)

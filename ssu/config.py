@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SSUError
+from ssu.errors import SSUError
 
 ALL_LINEAR = "all-linear"
 
@@ -40,7 +40,7 @@ class TrainSettings:
     max_length: int = 512
     max_grad_norm: float = 1.0
     finetune: str = "lora"  # "lora" | "full"
-    share_prompts: bool = True  # forward each prompt once for its 1 + K rows (ssu/prefix.py)
+    share_prompts: bool = True  # forward each prompt once for its 1 + K rows (ssu/engine/prefix.py)
     # Windows per forward/backward inside a micro-batch. Activation memory scales with it;
     # the gradient does not change (each chunk is normalized by the micro-batch's totals).
     windows_per_backward: int = 1
@@ -176,7 +176,7 @@ def resolve(overrides: dict[str, Any]) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    from .methods import get_method
+    from ssu.methods import get_method
 
     get_method(cfg.method)  # raises with the list of names
     checks = [

@@ -13,19 +13,18 @@ from pathlib import Path
 
 import click
 
-from .fsutil import read_json
+from data_prep.fsutil import read_json
 
 
 def run_demo(out_dir: str | Path = "ssu-demo", books: int = 6, steps: int = 3, seed: int = 0,
              words_per_book: int = 1000, method: str = "ssu") -> Path:
     from data_prep import prepare_books, write_synthetic_corpus
-
-    from .evaluate import evaluate_step
-    from .memorize import MemorizeConfig, memorize
-    from .report import format_matrix, write_plots
-    from .run import RunDir
-    from .step import init_run, run_step
-    from .tiny_model import make_tiny_model
+    from ssu.eval.evaluate import evaluate_step
+    from ssu.eval.report import format_matrix, write_plots
+    from ssu.models.memorize import MemorizeConfig, memorize
+    from ssu.models.tiny import make_tiny_model
+    from ssu.run import RunDir
+    from ssu.step import init_run, run_step
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

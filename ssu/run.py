@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .errors import SSUError
-from .fsutil import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_file
+from data_prep.fsutil import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_file
+from ssu.config import RunConfig
+from ssu.errors import SSUError
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-from .compose import load_composed
-from .config import RunConfig, environment, resolve
-from .distributed import Workers
-from .errors import SSUError
-from .finetune import StepHook, finetune
-from .forget_set import build_forget_set
-from .fsutil import atomic_dir, atomic_write_json, sha256_file
-from .memorize import seed_everything
-from .methods import get_method
-from .modeling import load_tokenizer, model_card, resolve_device, resolve_dtype
-from .precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
-from .run import CONFIG, VECTOR, RunDir, model_fingerprint
-from .task_vector import LoraTaskVector, TaskVector
+from data_prep.fsutil import atomic_dir, atomic_write_json, sha256_file
+from ssu.config import RunConfig, environment, resolve
+from ssu.engine.distributed import Workers
+from ssu.engine.finetune import StepHook, finetune
+from ssu.engine.forget_set import build_forget_set
+from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
+from ssu.errors import SSUError
+from ssu.methods import get_method
+from ssu.models.loading import load_tokenizer, model_card, resolve_device, resolve_dtype
+from ssu.models.memorize import seed_everything
+from ssu.run import CONFIG, VECTOR, RunDir, model_fingerprint
+from ssu.vectors import LoraTaskVector, TaskVector
+from ssu.vectors.compose import load_composed
 
 DEFAULT_LR = 1e-5  # the public reference's learning rate for pre-trained 7B models
 DEFAULT_EPOCHS = 1

@@ -19,9 +19,9 @@ import pytest
 
 from data_prep import prepare_books, write_synthetic_corpus
 from ssu.config import merge
-from ssu.memorize import MemorizeConfig, memorize
+from ssu.models.memorize import MemorizeConfig, memorize
+from ssu.models.tiny import make_tiny_model
 from ssu.step import init_run
-from ssu.tiny_model import make_tiny_model
 
 # Settings measured to memorize the 24 windows in ~35 epochs (about 2 s of CPU time);
 # lr 6e-3 with batch 8 reaches ROUGE-L 1.0 on every book, 3e-3 only scrapes 0.91.

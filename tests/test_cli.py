@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ssu.cli import main
-from ssu.compose import load_composed
 from ssu.config import RunConfig
 from ssu.methods import list_methods
 from ssu.run import RunDir, model_fingerprint
-from ssu.task_vector import load_vector
+from ssu.vectors import load_vector
+from ssu.vectors.compose import load_composed
 
 # Small full fine-tune so a CLI step takes about a second.
 FAST = ["--set", "device=cpu", "--set", "train.finetune=full", "--set", "train.lr=1e-3",

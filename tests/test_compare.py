@@ -15,10 +15,10 @@ import yaml
 from click.testing import CliRunner
 
 from ssu.cli import main
-from ssu.compare import ensure_run, load_compare_config, run_comparison
+from ssu.compare.runner import ensure_run, load_compare_config, run_comparison
 from ssu.errors import SSUError
-from ssu.memorize import load_record
 from ssu.methods import list_methods
+from ssu.models.memorize import load_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -80,7 +80,7 @@ def test_rerun_is_a_no_op_for_completed_steps(compared, monkeypatch):
         raise AssertionError("a completed step was trained or generated again")
 
     monkeypatch.setattr("ssu.step.finetune", boom)
-    monkeypatch.setattr("ssu.evaluate.generate_continuations", boom)
+    monkeypatch.setattr("ssu.eval.evaluate.generate_continuations", boom)
     path = cc.out.parent / "compare.yaml"
     path.write_text(yaml.safe_dump({**compare_config_from(cc), "out": str(cc.out)}))
     result = CliRunner().invoke(main, ["compare", str(path)])

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from ssu.step import run_step
-from ssu.task_vector import load_vector
+from ssu.vectors import load_vector
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(

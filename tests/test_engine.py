@@ -17,20 +17,20 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from data_prep import load_schedule, load_windows
-from ssu.compose import load_composed, stack_of
+from data_prep.fsutil import sha256_file
 from ssu.config import RunConfig
-from ssu.encoding import IGNORE_INDEX, encode_pair
+from ssu.engine.encoding import IGNORE_INDEX, encode_pair
+from ssu.engine.finetune import finetune
+from ssu.engine.forget_set import build_forget_set, random_label_partners
+from ssu.engine.losses import LEARN, RANDOM, make_batch
+from ssu.engine.saliency import SaliencyMasker
 from ssu.errors import SSUError
-from ssu.finetune import finetune
-from ssu.forget_set import build_forget_set, random_label_partners
-from ssu.fsutil import sha256_file
-from ssu.losses import LEARN, RANDOM, make_batch
 from ssu.methods import get_method
-from ssu.modeling import load_tokenizer
+from ssu.models.loading import load_tokenizer
 from ssu.run import RunDir
-from ssu.saliency import SaliencyMasker
 from ssu.step import run_step
-from ssu.task_vector import load_vector
+from ssu.vectors import load_vector
+from ssu.vectors.compose import load_composed, stack_of
 
 SEED = 7  # forget-set seed used by the loss tests
 
@@ -308,7 +308,7 @@ def test_masked_finetune_moves_only_selected_weights(synthetic_world, forget_set
             per_step.append(dict(self.selected))
             return out
 
-    monkeypatch.setattr("ssu.finetune.SaliencyMasker", SpyMasker)
+    monkeypatch.setattr("ssu.engine.finetune.SaliencyMasker", SpyMasker)
     calls = []
     model = load_base(synthetic_world.memorized)
     before = {k: v.clone() for k, v in params(model).items()}
@@ -584,7 +584,7 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
     import copy
     import random
 
-    from ssu.finetune import _backward, micro_batches
+    from ssu.engine.finetune import _backward, micro_batches
 
     method = get_method(name)(RunConfig(epsilon=0.5))
     fs = build_forget_set(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED,

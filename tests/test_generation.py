@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from data_prep import load_windows
-from ssu.encoding import encode_pair
-from ssu.generation import generate_continuations, greedy_generate
-from ssu.modeling import load_model, load_tokenizer
+from ssu.engine.encoding import encode_pair
+from ssu.eval.generation import generate_continuations, greedy_generate
+from ssu.models.loading import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

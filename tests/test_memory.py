@@ -16,15 +16,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import ssu.saliency
+import ssu.engine.saliency
 from ssu.config import RunConfig
-from ssu.encoding import Encoded
-from ssu.finetune import finetune
-from ssu.forget_set import build_forget_set
-from ssu.losses import LEARN, RANDOM, RETAIN, Batch, forward_nll, group_mean_nll, make_batch, token_nll
+from ssu.engine.encoding import Encoded
+from ssu.engine.finetune import finetune
+from ssu.engine.forget_set import build_forget_set
+from ssu.engine.losses import LEARN, RANDOM, RETAIN, Batch, forward_nll, group_mean_nll, make_batch, token_nll
+from ssu.engine.saliency import SaliencyMasker, apply_masks, compute_masks, saliency_threshold, topk_threshold
 from ssu.methods import get_method
-from ssu.modeling import load_tokenizer
-from ssu.saliency import SaliencyMasker, apply_masks, compute_masks, saliency_threshold, topk_threshold
+from ssu.models.loading import load_tokenizer
 
 VOCAB, PAD = 61, 0
 
@@ -82,10 +82,10 @@ def test_step_masking_is_chunked_and_bit_identical(dtype, density, monkeypatch):
     ref_masks = compute_masks(ref_named, density=density)
     apply_masks(ref_named, ref_masks)
 
-    monkeypatch.setattr(ssu.saliency, "CHUNK", 7)
+    monkeypatch.setattr(ssu.engine.saliency, "CHUNK", 7)
     seen = []
-    real_abs = ssu.saliency._abs
-    monkeypatch.setattr(ssu.saliency, "_abs", lambda g: seen.append(g.numel()) or real_abs(g))
+    real_abs = ssu.engine.saliency._abs
+    monkeypatch.setattr(ssu.engine.saliency, "_abs", lambda g: seen.append(g.numel()) or real_abs(g))
     stats = SaliencyMasker("step", density=density)(named)
     assert seen and max(seen) <= 7  # never more than one chunk of |g| (or of the mask) at a time
 

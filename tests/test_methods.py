@@ -1,6 +1,6 @@
 """The unlearning methods on a tiny random GPT-2: each loss moves the forget set the intended way.
 
-Every method is driven through the real engine (``ssu.finetune.finetune``) on a
+Every method is driven through the real engine (``ssu.engine.finetune.finetune``) on a
 hand-built forget set of random token sequences, so batching, groups and the
 reference model are exercised exactly as ``ssu step`` uses them.
 """
@@ -16,11 +16,11 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from ssu.config import RunConfig
-from ssu.encoding import Encoded
+from ssu.engine.encoding import Encoded
+from ssu.engine.finetune import finetune
+from ssu.engine.forget_set import ForgetSet
+from ssu.engine.losses import LEARN, RETAIN, forward_nll, group_mean_nll, make_batch, sequence_logprob
 from ssu.errors import SSUError
-from ssu.finetune import finetune
-from ssu.forget_set import ForgetSet
-from ssu.losses import LEARN, RETAIN, forward_nll, group_mean_nll, make_batch, sequence_logprob
 from ssu.methods import get_method, list_methods
 
 torch.set_num_threads(1)

@@ -271,7 +271,7 @@ def test_mia_auc_and_priv_leak():
 def test_perplexity_saturates_instead_of_crashing():
     # A destroyed model can reach a mean NLL above 709, where math.exp overflows; the
     # evaluation must record an infinite perplexity rather than abort the step.
-    from ssu.evaluate import _exp
+    from ssu.eval.evaluate import _exp
 
     assert _exp(1.0) == pytest.approx(math.e)
     assert _exp(1e4) == math.inf

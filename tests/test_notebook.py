@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ssu.evaluate import evaluate_step
-from ssu.report import format_matrix, write_plots
+from ssu.eval.evaluate import evaluate_step
+from ssu.eval.report import format_matrix, write_plots
 from ssu.step import init_run, run_step
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"

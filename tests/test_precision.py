@@ -1,4 +1,4 @@
-"""Exact steps in every dtype (ssu/precision.py, ssu/compose.py), on the CPU.
+"""Exact steps in every dtype (ssu/engine/precision.py, ssu/vectors/compose.py), on the CPU.
 
 bf16 on a CPU stands in for bf16 on a GPU: the rounding is the same. Magnitudes are
 realistic: weights N(0, 0.02), vectors of std 1e-5, learning rate 1e-5.
@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 
 from ssu.cli import main
-from ssu.compose import load_composed
+from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView
 from ssu.errors import SSUError
-from ssu.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView
 from ssu.run import RunDir
 from ssu.step import run_step
-from ssu.task_vector import RoundingReport, TaskVector, load_vector
+from ssu.vectors import RoundingReport, TaskVector, load_vector
+from ssu.vectors.compose import load_composed
 
 ULP32 = 2.0**-23
 
@@ -99,13 +99,13 @@ def test_bf16_lora_step_matches_float32_and_is_kept_as_an_adapter(run_dir):
 
 def test_npo_reference_under_lora_is_the_model_with_its_step_adapter_off(run_dir):
     """NPO's θ_{t-1} is a view (no copy); at the start of a step its loss is (2/β)·log 2."""
-    from ssu.compose import load_composed as compose
     from ssu.config import RunConfig
-    from ssu.forget_set import build_forget_set
-    from ssu.losses import LEARN, RANDOM, make_batch
+    from ssu.engine.forget_set import build_forget_set
+    from ssu.engine.losses import LEARN, RANDOM, make_batch
     from ssu.methods import get_method
-    from ssu.modeling import load_tokenizer
+    from ssu.models.loading import load_tokenizer
     from ssu.step import _prepare_trainable
+    from ssu.vectors.compose import load_composed as compose
 
     run = _lora(run_dir, "npo", "bfloat16", method="npo")
     run_step(run, 1, progress=False)  # so step 2 has a stack adapter as well

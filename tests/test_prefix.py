@@ -1,4 +1,4 @@
-"""Prompt-prefix sharing (ssu/prefix.py): the same loss and gradients as packed rows.
+"""Prompt-prefix sharing (ssu/engine/prefix.py): the same loss and gradients as packed rows.
 
 Tiny random GPT-2 and Llama models (float32, dropout 0) see one micro-batch twice --
 packed full sequences and shared prompts -- with prompts and continuations of
@@ -14,14 +14,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import ssu.losses
-import ssu.prefix
-from ssu.encoding import Encoded
-from ssu.losses import LEARN, RANDOM, RETAIN, forward_nll, group_mean_nll, make_batch
-from ssu.prefix import accepts_shared_prompts, shared_prompt_nll
+import ssu.engine.losses
+import ssu.engine.prefix
+from ssu.engine.encoding import Encoded
+from ssu.engine.losses import LEARN, RANDOM, RETAIN, forward_nll, group_mean_nll, make_batch
+from ssu.engine.prefix import accepts_shared_prompts, shared_prompt_nll
 from ssu.run import RunDir
 from ssu.step import run_step
-from ssu.task_vector import load_vector
+from ssu.vectors import load_vector
 
 VOCAB, PAD = 53, 0
 
@@ -86,7 +86,7 @@ def test_shared_prompts_give_the_packed_loss_and_gradients(arch, attn):
 
 def test_models_without_a_cache_interface_use_the_packed_path(caplog, monkeypatch):
     model = tiny("gpt2", "eager")
-    monkeypatch.setattr(ssu.prefix, "_warned", set())
+    monkeypatch.setattr(ssu.engine.prefix, "_warned", set())
 
     class LogitsOnly(torch.nn.Module):  # forward(input_ids, attention_mask) only
         def __init__(self):
@@ -102,13 +102,13 @@ def test_models_without_a_cache_interface_use_the_packed_path(caplog, monkeypatc
     nll_b, mask_b = forward_nll(wrapped, make_batch(rows, PAD))
     assert torch.equal(nll_a, nll_b) and torch.equal(mask_a, mask_b)
     forward_nll(wrapped, make_batch(rows, PAD, share_prompts=True))
-    said = [r.getMessage() for r in caplog.records if r.name == "ssu.prefix"]
+    said = [r.getMessage() for r in caplog.records if r.name == "ssu.engine.prefix"]
     assert len(said) == 1 and "prompt sharing is off for LogitsOnly" in said[0]  # said once, not silently
 
 
 def test_the_cache_argument_is_found_under_either_name():
     """transformers renamed ``past_key_values`` to ``cache`` (5.2x); both must enable sharing."""
-    from ssu.prefix import _cache_arg
+    from ssu.engine.prefix import _cache_arg
 
     assert _cache_arg({"position_ids", "use_cache", "cache"}) == "cache"
     assert _cache_arg({"position_ids", "use_cache", "past_key_values"}) == "past_key_values"
@@ -123,7 +123,7 @@ def test_ssu_step_with_shared_prompts_matches_the_packed_step(run_dir, monkeypat
         used.append(out is not None)
         return out
 
-    monkeypatch.setattr(ssu.losses, "shared_prompt_nll", spy)
+    monkeypatch.setattr(ssu.engine.losses, "shared_prompt_nll", spy)
     runs = {share: run_dir(name=f"share-{share}", train={"share_prompts": share}) for share in (True, False)}
     run_step(runs[False], 1, progress=False)
     assert used == []  # share_prompts=false: packed rows only

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ssu.saliency import (
+from ssu.engine.saliency import (
     SaliencyMasker,
     apply_masks,
     compute_masks,
@@ -94,7 +94,7 @@ def test_topk_threshold_is_exact(model_with_grads, density):
 def test_chunked_reductions_match(model_with_grads, monkeypatch):
     grads = [p.grad for p in model_with_grads.parameters()]
     expected = saliency_threshold(grads, 1.0), topk_threshold(grads, 0.05)
-    monkeypatch.setattr("ssu.saliency.CHUNK", 7)  # many chunks per tensor
+    monkeypatch.setattr("ssu.engine.saliency.CHUNK", 7)  # many chunks per tensor
     assert saliency_threshold(grads, 1.0) == pytest.approx(expected[0], rel=1e-12)
     assert topk_threshold(grads, 0.05) == expected[1]
 

@@ -10,9 +10,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from ssu.errors import SSUError
-from ssu.lora_vector import LoraTaskVector
-from ssu.stack import StackEntry, VectorStack
-from ssu.task_vector import TaskVector, load_vector
+from ssu.vectors import TaskVector, load_vector
+from ssu.vectors.lora_vector import LoraTaskVector
+from ssu.vectors.stack import StackEntry, VectorStack
 
 torch.set_num_threads(1)
 ATOL = 1e-6

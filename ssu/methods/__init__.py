@@ -8,10 +8,10 @@ masks, the stack, the manifest, evaluation -- is shared by ``ssu step``.
 """
 
 # Importing the modules registers the built-in methods.
-from . import ga as _ga  # noqa: F401
-from . import gd as _gd  # noqa: F401
-from . import npo as _npo  # noqa: F401
-from . import ssu as _ssu  # noqa: F401
-from .base import UnlearningMethod, get_method, list_methods, register_method
+from ssu.methods import ga as _ga  # noqa: F401
+from ssu.methods import gd as _gd  # noqa: F401
+from ssu.methods import npo as _npo  # noqa: F401
+from ssu.methods import ssu as _ssu  # noqa: F401
+from ssu.methods.base import UnlearningMethod, get_method, list_methods, register_method
 
 __all__ = ["UnlearningMethod", "get_method", "list_methods", "register_method"]

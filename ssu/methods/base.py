@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import SSUError
-from ..losses import Batch
+from ssu.engine.losses import Batch
+from ssu.errors import SSUError
 
 _REGISTRY: dict[str, type[UnlearningMethod]] = {}
 

@@ -7,8 +7,8 @@ The fine-tune already moves *away* from the book, so the change is stored as is
 
 from __future__ import annotations
 
-from ..losses import LEARN, Batch, forward_nll, group_mean_nll
-from .base import UnlearningMethod, register_method
+from ssu.engine.losses import LEARN, Batch, forward_nll, group_mean_nll
+from ssu.methods.base import UnlearningMethod, register_method
 
 
 @register_method

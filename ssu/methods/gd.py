@@ -7,8 +7,8 @@ gradient ascent does not guard against. Stored as is (``sign = +1``).
 
 from __future__ import annotations
 
-from ..losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll
-from .base import UnlearningMethod, register_method
+from ssu.engine.losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll
+from ssu.methods.base import UnlearningMethod, register_method
 
 
 @register_method

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import SSUError
-from ..losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll, group_row_mean, sequence_logprob
-from .base import UnlearningMethod, register_method
+from ssu.engine.losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll, group_row_mean, sequence_logprob
+from ssu.errors import SSUError
+from ssu.methods.base import UnlearningMethod, register_method
 
 
 @register_method

@@ -7,8 +7,8 @@ task vector is then negated (``sign = -1``). The ablations switch off one part.
 
 from __future__ import annotations
 
-from ..losses import LEARN, RANDOM, Batch, forward_nll, group_mean_nll
-from .base import UnlearningMethod, register_method
+from ssu.engine.losses import LEARN, RANDOM, Batch, forward_nll, group_mean_nll
+from ssu.methods.base import UnlearningMethod, register_method
 
 
 @register_method

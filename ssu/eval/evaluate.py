@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoding import collate, encode_pair
-from .errors import SSUError
-from .fsutil import atomic_write_jsonl, read_jsonl
-from .generation import generate_continuations
-from .losses import token_nll
-from .metrics import aggregate, get_metric, loss_score, mia_auc, min_k_score, zlib_score
-from .run import RESULTS, RunDir
+from data_prep.fsutil import atomic_write_jsonl, read_jsonl
+from ssu.engine.encoding import collate, encode_pair
+from ssu.engine.losses import token_nll
+from ssu.errors import SSUError
+from ssu.eval.generation import generate_continuations
+from ssu.metrics import aggregate, get_metric, loss_score, mia_auc, min_k_score, zlib_score
+from ssu.run import RESULTS, RunDir
 
 GENERATIONS = "generations.jsonl"
 REMOVED = ("removed-now", "removed-earlier")
@@ -75,7 +75,7 @@ def token_logprobs(model, tokenizer, windows: list[dict], max_length: int, batch
 
 
 def _load_model_for(run: RunDir, step: int, base_only: bool = False):
-    from .compose import load_composed
+    from ssu.vectors.compose import load_composed
 
     if base_only:
         return load_composed(run, upto=0)
@@ -92,7 +92,7 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
     ``base_only``: score the run's base model itself as the state after ``step``, with
     no stack applied -- for a reference such as a model retrained without those books.
     """
-    from .modeling import load_tokenizer
+    from ssu.models.loading import load_tokenizer
 
     run = RunDir(run_dir)
     cfg = run.config

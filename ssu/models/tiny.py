@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import SSUError
-from .fsutil import atomic_dir, atomic_write_json
-from .modeling import SSU_MODEL_CARD
+from data_prep.fsutil import atomic_dir, atomic_write_json
+from ssu.errors import SSUError
+from ssu.models.loading import SSU_MODEL_CARD
 
 # hidden size, layers, heads, MLP size. "base" matches the 5M-parameter Llama used
 # to time the public reference (hidden 256, 4 layers).

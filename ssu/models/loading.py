@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import SSUError
+from ssu.errors import SSUError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -5,7 +5,7 @@ GPT-2's Conv1D, ``fan_in_fan_out``), so storing A (r×in) and B (out×r) is exac
 orders of magnitude smaller than the dense delta. Negation and scaling touch only
 the scale. Arithmetic glue, application and the file format (``"{name}::A"``,
 ``"{name}::B"``, ``scale``/``fan_in_fan_out`` under ``"targets"``) are shared with
-:class:`ssu.task_vector.TaskVector`.
+:class:`ssu.vectors.task_vector.TaskVector`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ssu.errors import SSUError
-from ssu.task_vector import RoundingReport, Target, TaskVector, _apply, _check_same_keys, _Vector
+from ssu.vectors.task_vector import RoundingReport, Target, TaskVector, _apply, _check_same_keys, _Vector
 
 
 @dataclass(frozen=True)

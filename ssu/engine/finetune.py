@@ -7,13 +7,13 @@ back-propagated in chunks of ``windows_per_backward`` windows, each chunk one pa
 tensor and one backward (``train.windows_per_backward`` for a run; here the default
 is the whole micro-batch): the gradient is the same for any chunk size, only the
 activation memory held at once changes. With ``share_prompts``, each distinct
-prompt is forwarded once and its rows reuse its key/value cache (``ssu/prefix.py``).
+prompt is forwarded once and its rows reuse its key/value cache (``ssu/engine/prefix.py``).
 After accumulation the saliency mask multiplies the gradient
 in place (m * g) and only then does AdamW step. Weight decay is off so a weight
 whose gradient is always masked stays bit-identical (Adam's update for an all-zero
 gradient history is exactly zero). Under ``accelerate launch`` each process runs
 its share of a group's micro-batches and the gradients are summed before the mask
-(``ssu/distributed.py``).
+(``ssu/engine/distributed.py``).
 
 Memory: the run must fit 7-8B models, so beyond the weights, their gradients and
 AdamW's two moments nothing full-size is kept or built at once: the saliency mask
@@ -31,11 +31,11 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import Workers
-from .errors import SSUError
-from .forget_set import ForgetSet
-from .losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
-from .saliency import SaliencyMasker, chunk_views
+from ssu.engine.distributed import Workers
+from ssu.engine.forget_set import ForgetSet
+from ssu.engine.losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
+from ssu.engine.saliency import SaliencyMasker, chunk_views
+from ssu.errors import SSUError
 
 # Called after every optimizer step with the step index; tests use it to simulate a
 # crash in the middle of a time step.

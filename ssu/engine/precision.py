@@ -28,7 +28,7 @@ from types import MethodType
 
 import torch
 
-from .errors import SSUError
+from ssu.errors import SSUError
 
 HALF = (torch.bfloat16, torch.float16)
 STACK_ADAPTER = "ssu_stack"  # the frozen adapter carrying Σ α_t·v_t of earlier LoRA steps
@@ -130,7 +130,7 @@ class ReferenceView(torch.nn.Module):
         super().__init__()
         self.inner = peft_model
 
-    def get_base_model(self):  # what ssu.prefix inspects for the forward's arguments
+    def get_base_model(self):  # what ssu.engine.prefix inspects for the forward's arguments
         return self.inner.get_base_model()
 
     def forward(self, **kwargs):

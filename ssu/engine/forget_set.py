@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .encoding import Encoded, encode_pair
-from .errors import SSUError
+from ssu.engine.encoding import Encoded, encode_pair
+from ssu.errors import SSUError
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ssu.task_vector import RoundingReport, Target, load_vector
+from ssu.vectors.io import load_vector
+from ssu.vectors.task_vector import RoundingReport, Target
 
 
 @dataclass

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .encoding import IGNORE_INDEX, Encoded
+from ssu.engine.encoding import IGNORE_INDEX, Encoded
 
 _NEEDED = ("position_ids", "use_cache")
 _CACHE_ARGS = ("cache", "past_key_values")  # transformers >= 5.2x, then older releases

@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import SSUError
-from .memorize import MemorizeConfig, load_record, memorize
-from .run import CONFIG, RunDir
+from ssu.errors import SSUError
+from ssu.models.memorize import MemorizeConfig, load_record, memorize
+from ssu.run import CONFIG, RunDir
 
 MODEL, EVAL = "model", "eval"
 
@@ -57,8 +57,8 @@ def retrain(memorized_model: str | Path, prepared_dir: str | Path, out_dir: str 
     ``run_overrides`` (seed, eval settings, ...) configure the evaluation run so that
     its windows and metrics match the unlearning runs it is compared with.
     """
-    from .evaluate import evaluate_step, load_results
-    from .step import init_run
+    from ssu.eval.evaluate import evaluate_step, load_results
+    from ssu.step import init_run
 
     out_dir = Path(out_dir)
     excluded = removed_books(prepared_dir, step)

@@ -5,7 +5,7 @@ pairs, random-label pairs, retain pairs -- with a ``group`` id per row, so a sin
 forward and a single backward serve the whole loss. Labels are ``-100`` on prompt
 and padding positions, so every loss covers continuation tokens only. With
 ``share_prompts`` the batch also carries its rows grouped by prompt, and
-:func:`forward_nll` forwards each distinct prompt once (see :mod:`ssu.prefix`).
+:func:`forward_nll` forwards each distinct prompt once (see :mod:`ssu.engine.prefix`).
 
 A micro-batch may be forwarded in chunks to bound activation memory. Every loss
 is a sum of per-token or per-row terms over a group's total, so a chunk carries
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .encoding import IGNORE_INDEX, Encoded, collate
-from .prefix import SharedPrompts, _forward_params, group_by_prompt, shared_prompt_nll
+from ssu.engine.encoding import IGNORE_INDEX, Encoded, collate
+from ssu.engine.prefix import SharedPrompts, _forward_params, group_by_prompt, shared_prompt_nll
 
 LEARN, RANDOM, RETAIN = 0, 1, 2
 Row = tuple[Encoded, int]  # an encoded pair and its group

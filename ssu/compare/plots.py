@@ -1,6 +1,6 @@
 """The two figures of ``ssu compare``: forget-vs-retain trade-off, and forget ROUGE-L over steps.
 
-Drawn from the summary rows only (see ssu.compare.collect), with the Agg backend so
+Drawn from the summary rows only (see ssu.compare.runner.collect), with the Agg backend so
 they render without a display; each PNG is rendered in memory and written atomically.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import save_figure as _save
+from ssu.eval.report import save_figure as _save
 
 RETRAIN = "retrain"
 

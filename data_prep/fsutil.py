@@ -3,6 +3,9 @@
 Every artifact is written to a temporary file in the destination directory and
 renamed into place, so a reader (or a re-run after SIGKILL) sees either the old
 artifact or the complete new one, never a half-written file.
+
+Both packages write artifacts this way. It lives in ``data_prep``, the first stage,
+because ``data_prep`` depends on nothing in ``ssu`` (``ssu`` imports it from here).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Composition: θ_t = θ_0 + Σ_{s≤t} α_s·v_s from a run's stack, in memory or as a model directory.
 
 :func:`load_composed` builds the model that steps train on and evaluation measures,
-exact to the vectors in every dtype (see :mod:`ssu.precision` for how half-precision
+exact to the vectors in every dtype (see :mod:`ssu.engine.precision` for how half-precision
 runs keep the vectors unrounded). :func:`compose_to_dir` (``ssu compose``) exports the
 composed weights as a standard Hugging Face model directory: float32 by default
 (exact), or rounded to a half dtype for deployment, with a per-step report of how much
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import SSUError
-from .fsutil import atomic_dir, atomic_write_json
-from .modeling import DTYPES, SSU_MODEL_CARD, load_model, load_tokenizer, resolve_device, resolve_dtype
-from .precision import attach_lora_stack, autocast_forward, is_half
-from .run import RunDir
-from .stack import StackEntry, VectorStack
-from .task_vector import load_vector
+from data_prep.fsutil import atomic_dir, atomic_write_json
+from ssu.engine.precision import attach_lora_stack, autocast_forward, is_half
+from ssu.errors import SSUError
+from ssu.models.loading import DTYPES, SSU_MODEL_CARD, load_model, load_tokenizer, resolve_device, resolve_dtype
+from ssu.run import RunDir
+from ssu.vectors.io import load_vector
+from ssu.vectors.stack import StackEntry, VectorStack
 
 
 def stack_of(run: RunDir) -> VectorStack:

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import collate, encode_pair
-from .errors import SSUError
-from .fsutil import atomic_dir, atomic_write_json
-from .generation import generate_continuations
-from .modeling import SSU_MODEL_CARD, load_model, load_tokenizer, model_card
+from data_prep.fsutil import atomic_dir, atomic_write_json
+from ssu.engine.encoding import collate, encode_pair
+from ssu.errors import SSUError
+from ssu.eval.generation import generate_continuations
+from ssu.models.loading import SSU_MODEL_CARD, load_model, load_tokenizer, model_card
 
 DEFAULT_LR = 2e-5  # for pre-trained models; tiny models carry their own recommendation
 
@@ -58,7 +58,7 @@ def memorization_windows(prepared_dir: str | Path, roles=("forget", "retain")) -
 
 def rouge_by_book(model, tokenizer, windows: list[dict], max_length: int = 512) -> dict[str, float]:
     """Mean greedy-continuation ROUGE-L F1 per book."""
-    from .metrics import get_metric
+    from ssu.metrics import get_metric
 
     rouge = get_metric("rougeL_f").fn
     outputs = generate_continuations(model, tokenizer, windows, max_length=max_length)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import encode_pair
+from ssu.engine.encoding import encode_pair
 
 
 @torch.no_grad()

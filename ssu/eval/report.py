@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SSUError
-from .evaluate import REMOVED, load_results
-from .fsutil import atomic_write_bytes
+from data_prep.fsutil import atomic_write_bytes
+from ssu.errors import SSUError
+from ssu.eval.evaluate import REMOVED, load_results
 
 RETAINED = ("retain", "future")
 
 
 def _schedule_step(run_dir: Path) -> dict[str, int]:
     from data_prep import load_schedule
-
-    from .run import RunDir
+    from ssu.run import RunDir
 
     steps = load_schedule(RunDir(run_dir).config.data)["steps"]
     return {b: s for s, books in steps.items() for b in books}

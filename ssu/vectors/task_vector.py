@@ -2,9 +2,10 @@
 
 A task vector τ = θ_ft − θ_base is what a fine-tune changed; SSU negates it (−τ)
 to remove what the fine-tune learned and keeps one negated vector per time step.
-:class:`TaskVector` holds dense float32 deltas; :class:`ssu.lora_vector.LoraTaskVector`
-(re-exported here) holds the exact delta of a LoRA fine-tune as factors. This module
-owns what both share: arithmetic glue, applying deltas and the file format.
+:class:`TaskVector` holds dense float32 deltas; :class:`ssu.vectors.lora_vector.LoraTaskVector`
+holds the exact delta of a LoRA fine-tune as factors. This module owns what both
+share: arithmetic glue, applying deltas and the file format; ``ssu.vectors.io.load_vector``
+reads either kind.
 
 Both are value objects: operators return new vectors and never modify tensors in
 place, so ``-v``, ``sum(vs)``, ``a + b - c`` and ``0.5 * v`` are safe. Mismatched
@@ -36,8 +37,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from data_prep.fsutil import atomic_write_bytes
 from ssu.errors import SSUError
-from ssu.fsutil import atomic_write_bytes
 
 FORMAT_VERSION = 1
 META_KEY, FORMAT_KEY = "ssu", "ssu_format"
@@ -382,21 +383,3 @@ class TaskVector(_Vector):
     @classmethod
     def _from_payload(cls, tensors: dict[str, Tensor], fmt: dict) -> TaskVector:
         return cls({k: _decode(k, tensors, fmt.get("sparse", {})) for k in fmt["keys"]})
-
-def load_vector(path: str | Path) -> tuple[_Vector, dict]:
-    """Load whichever vector kind the file holds (its format ``kind``); returns (vector, metadata)."""
-    fmt, _ = _read_header(path)
-    if fmt["kind"] == "lora":
-        from ssu.lora_vector import LoraTaskVector
-
-        return LoraTaskVector.load(path)
-    return TaskVector.load(path)
-
-
-def __getattr__(name: str) -> Any:
-    # ``from ssu.task_vector import LoraTaskVector`` works; lazy to avoid an import cycle.
-    if name in ("LoraTaskVector", "LoraFactors"):
-        from ssu import lora_vector
-
-        return getattr(lora_vector, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ as a hand-driven run, so a comparison is nothing but ordinary runs plus a summar
 Completed steps and computed results are skipped, so the command can be re-run
 after a crash (or with a method added) and redoes only what is missing. With
 ``retrain: true`` each reported step also gets the gold-standard reference, a model
-memorized without the removed books (``OUT/retrain/step_T``, see ssu.retrain).
+memorized without the removed books (``OUT/retrain/step_T``, see ssu.compare.retrain).
 
 The summary -- ``OUT/comparison.md``, ``OUT/comparison.json`` and two PNGs -- is
 computed from the runs' ``results.jsonl`` and manifests only.
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import load_yaml, merge, resolve
-from .errors import SSUError
-from .fsutil import atomic_write_json, atomic_write_text
-from .methods import get_method
-from .run import CONFIG, RunDir
+from data_prep.fsutil import atomic_write_json, atomic_write_text
+from ssu.config import load_yaml, merge, resolve
+from ssu.errors import SSUError
+from ssu.methods import get_method
+from ssu.run import CONFIG, RunDir
 
 REQUIRED = ("model", "data", "out", "steps", "methods")
 OPTIONAL = ("common", "per_method", "retrain")
@@ -108,7 +108,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def ensure_run(cc: CompareConfig, method: str) -> Path:
     """Create OUT/<method>, or check that an existing one was made with the same config."""
-    from .step import init_run
+    from ssu.step import init_run
 
     path, over = cc.run_dir(method), cc.overrides(method)
     if not (path / CONFIG).is_file():
@@ -124,9 +124,8 @@ def ensure_run(cc: CompareConfig, method: str) -> Path:
 def run_comparison(cc: CompareConfig, progress: bool = True, log: Callable[[str], None] = lambda _: None) -> dict:
     """Run (or finish) every method and the retrain references; write the summary."""
     from data_prep import load_schedule
-
-    from .evaluate import evaluate_step
-    from .step import run_step
+    from ssu.eval.evaluate import evaluate_step
+    from ssu.step import run_step
 
     schedule = load_schedule(cc.data)["steps"]
     absent = [s for s in range(1, max(cc.steps) + 1) if s not in schedule]
@@ -142,7 +141,7 @@ def run_comparison(cc: CompareConfig, progress: bool = True, log: Callable[[str]
             if t in cc.steps:
                 evaluate_step(path, t, progress=progress)
     if cc.retrain:
-        from .retrain import retrain
+        from ssu.compare.retrain import retrain
 
         # The common keys carry the seed and eval settings, so the evaluated windows are the same.
         for t in cc.steps:
@@ -172,8 +171,8 @@ def summarize_results(results: list[dict], step: int) -> dict[str, float | None]
 
 def collect(cc: CompareConfig) -> dict[str, Any]:
     """Summary rows per (step, method), the retrain rows, and the memorized model at step 0."""
-    from .evaluate import load_results
-    from .retrain import EVAL
+    from ssu.compare.retrain import EVAL
+    from ssu.eval.evaluate import load_results
 
     rows, base = [], None
     for method in cc.methods:
@@ -187,7 +186,7 @@ def collect(cc: CompareConfig) -> dict[str, Any]:
                 rows.append({"step": t, "method": method, **summarize_results(results, t),
                              "seconds": steps[str(t)]["timings"]["total_seconds"]})
     if cc.retrain:
-        from .memorize import load_record
+        from ssu.models.memorize import load_record
 
         for t in cc.steps:
             ref = cc.out / RETRAIN / f"step_{t}"
@@ -221,8 +220,7 @@ def format_table(summary: dict[str, Any], books: dict[int, list[str]] | None = N
 
 def write_summary(cc: CompareConfig) -> dict[str, Any]:
     from data_prep import load_schedule
-
-    from .compare_plots import write_compare_plots
+    from ssu.compare.plots import write_compare_plots
 
     summary = collect(cc)
     books = load_schedule(cc.data)["steps"]
