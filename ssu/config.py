@@ -72,6 +72,7 @@ class RunConfig:
     npo_beta: float = 0.4
     retain_weight: float = 1.0
     seed: int = 0
+    deterministic: bool = True  # deterministic kernels: reruns give identical bytes (ssu/engine/seeding.py)
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False

@@ -24,10 +24,10 @@ from ssu.engine.distributed import Workers
 from ssu.engine.finetune import StepHook, finetune
 from ssu.engine.forget_set import build_forget_set
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
+from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
 from ssu.methods import get_method
 from ssu.models.loading import load_tokenizer, model_card, resolve_device, resolve_dtype
-from ssu.models.memorize import seed_everything
 from ssu.run import CONFIG, VECTOR, RunDir, model_fingerprint
 from ssu.vectors import LoraTaskVector, TaskVector
 from ssu.vectors.compose import load_composed
@@ -88,7 +88,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     dev = workers.device or resolve_device(cfg.device)
     check_supported(cfg.train.finetune, resolve_dtype(cfg.dtype, dev))
     method = get_method(cfg.method)(cfg)
-    seed_everything(cfg.seed + step)
+    seed_everything(cfg.seed + step, cfg.deterministic)
     t0 = time.perf_counter()
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)

@@ -631,3 +631,36 @@ def test_non_finite_gradient_with_a_finite_loss_is_a_one_line_error(synthetic_wo
                  batch_size=2, grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0,
                  progress=False)
     assert all(torch.equal(v, before[k]) for k, v in params(model).items())  # no step was taken
+
+
+# --- deterministic kernels ----------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_determinism():
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_seeding_selects_deterministic_kernels_unless_asked_not_to(restore_determinism):
+    from ssu.engine.seeding import seed_everything
+
+    seed_everything(0, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()
+    # The backward of prompt sharing's gather with repeated indices (x[idx]) accumulates
+    # many rows into one; under deterministic kernels the sum has one order, every time.
+    x = torch.randn(64, 512, requires_grad=True)
+    idx = torch.randint(0, 4, (4096,))
+    grads = []
+    for _ in range(5):
+        x.grad = None
+        (x[idx] * torch.linspace(-1, 1, 512)).sum().backward()
+        grads.append(x.grad.clone())
+    assert all(torch.equal(g, grads[0]) for g in grads)
+
+
+def test_the_run_config_records_the_choice(run_dir):
+    assert json.loads((run_dir() / "config.json").read_text())["config"]["deterministic"] is True

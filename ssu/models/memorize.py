@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from data_prep.fsutil import atomic_dir, atomic_write_json
 from ssu.engine.encoding import collate, encode_pair
+from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
 from ssu.eval.generation import generate_continuations
 from ssu.models.loading import SSU_MODEL_CARD, load_model, load_tokenizer, model_card
@@ -42,12 +43,6 @@ class MemorizeConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def memorization_windows(prepared_dir: str | Path, roles=("forget", "retain")) -> list[dict]:
