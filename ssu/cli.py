@@ -182,9 +182,9 @@ def step(run_dir, t, force, no_eval):
     from ssu.step import run_step
 
     entry = run_step(run_dir, t, force=force)
-    from ssu.engine.distributed import Workers
+    from ssu.engine.distributed import is_main_process
 
-    if not Workers().is_main:
+    if not is_main_process():
         return
     if entry is None:
         click.echo(f"step {t} is already complete (use --force to redo it)")
@@ -195,12 +195,12 @@ def step(run_dir, t, force, no_eval):
 
 
 def _maybe_eval(run_dir, t):
-    from ssu.engine.distributed import Workers
+    from ssu.engine.distributed import is_main_process
     from ssu.eval.evaluate import evaluate_step
     from ssu.run import RunDir
 
     # Under `accelerate launch` the main process evaluates; the others are done.
-    if RunDir(run_dir).config.eval.enabled and Workers().is_main:
+    if RunDir(run_dir).config.eval.enabled and is_main_process():
         evaluate_step(run_dir, t)
 
 

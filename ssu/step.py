@@ -20,7 +20,7 @@ import torch
 
 from data_prep.fsutil import atomic_dir, atomic_write_json, sha256_file
 from ssu.config import RunConfig, environment, resolve
-from ssu.engine.distributed import Workers
+from ssu.engine.distributed import Processes
 from ssu.engine.finetune import StepHook, finetune
 from ssu.engine.forget_set import build_forget_set
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
@@ -77,15 +77,15 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     """Perform time step ``step``; return its manifest entry (None if already complete)."""
     run = RunDir(run_dir)
     cfg = run.config
-    workers = Workers()  # one process, or this process's place under `accelerate launch`
+    procs = Processes(resolve_device(cfg.device))  # one process, or its place under `accelerate launch`
     if step in run.completed_steps():
         if not force:
             return None
-        if workers.is_main:
+        if procs.is_main:
             run.drop_from(step)
-        workers.barrier()
+        procs.barrier()
     run.check_ready(step)
-    dev = workers.device or resolve_device(cfg.device)
+    dev = procs.device or resolve_device(cfg.device)
     check_supported(cfg.train.finetune, resolve_dtype(cfg.dtype, dev))
     method = get_method(cfg.method)(cfg)
     seed_everything(cfg.seed + step, cfg.deterministic)
@@ -110,14 +110,15 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum,
         max_grad_norm=cfg.train.max_grad_norm, saliency_k=cfg.saliency_k,
         saliency_density=cfg.saliency_density, seed=cfg.seed + step, reference=reference,
-        progress=progress and workers.is_main, on_step=on_step, share_prompts=cfg.train.share_prompts,
-        workers=workers, windows_per_backward=cfg.train.windows_per_backward,
+        progress=progress and procs.is_main, on_step=on_step, share_prompts=cfg.train.share_prompts,
+        procs=procs, windows_per_backward=cfg.train.windows_per_backward,
     )
     stats.pop("masker")
-    if not workers.is_main:  # every process holds the same weights; one writes them
-        workers.barrier()
+    with procs.full_parameters(stats.pop("model")) as trained:  # a collective under FSDP
+        vector = _extract_vector(trained, snapshot, cfg) * float(method.sign) if procs.is_main else None
+    if not procs.is_main:  # every process holds the same weights; one writes them
+        procs.barrier()
         return run.step_record(step)
-    vector = _extract_vector(trainable, snapshot, cfg) * float(method.sign)
 
     metadata = {
         "step": step, "books": fs.books, "method": cfg.method, "alpha": cfg.alpha,
@@ -144,7 +145,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         "final_loss": stats["losses"][-1] if stats["losses"] else None,
     }
     run.record_step(step, entry)  # last: the step now counts as complete
-    workers.barrier()
+    procs.barrier()
     return entry
 
 

@@ -1,9 +1,11 @@
-"""Two processes under torchrun (gloo on the CPU) make the same step as one process.
+"""Two processes under ``accelerate launch`` (DDP over gloo on the CPU) make the one-process step.
 
-This is the path `accelerate launch` takes on several GPUs: each process works on its
-share of the micro-batches, gradients are summed before the saliency mask, and only
-the main process writes. The stored vector must match the single-process one up to
-float summation order.
+This is the path a multi-GPU run takes: each process works on its share of every
+optimizer step's windows, DDP reduces the gradients in the step's last backward,
+the saliency mask is taken from the reduced gradient, and only the main process
+writes. The stored vector must match the single-process one up to float summation
+order -- also when a group has fewer windows than processes (one process then
+joins the reduction with a zero-weighted backward).
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ import pytest
 from ssu.step import run_step
 from ssu.vectors import load_vector
 
+ACCELERATE = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
-def test_two_processes_match_one(run_dir, tmp_path):
-    single = run_dir(name="single", train={"grad_accum": 2})
-    double = run_dir(name="double", train={"grad_accum": 2})
+
+@pytest.mark.skipif(not os.path.exists(ACCELERATE), reason="accelerate's launcher not installed")
+@pytest.mark.parametrize("train", [{"grad_accum": 2}, {"batch_size": 1, "grad_accum": 1}],
+                         ids=["two-windows-each", "one-window-per-step"])
+def test_two_processes_match_one(run_dir, train, tmp_path):
+    single = run_dir(name="single", train=train)
+    double = run_dir(name="double", train=train)
     run_step(single, 1, progress=False)
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --multi_gpu selects the multi-process launcher; on a machine without GPUs ssu's
+    # processes form a gloo group on the CPU.
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "ssu.cli", "step", str(double), "1",
-         "--no-eval"], capture_output=True, text=True, timeout=300, env=env)
+        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+         "-m", "ssu.cli", "step", str(double), "1", "--no-eval"],
+        capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, _ = load_vector(single / "step_1" / "vector.safetensors")
     b, _ = load_vector(double / "step_1" / "vector.safetensors")
@@ -39,3 +47,5 @@ def test_two_processes_match_one(run_dir, tmp_path):
     assert abs(a.norm() - b.norm()) < 1e-6 * max(a.norm(), 1.0)
     manifest = json.loads((double / "manifest.json").read_text())
     assert list(manifest["steps"]) == ["1"]  # written once, by the main process
+    losses = [json.loads((r / "step_1" / "step.json").read_text())["train"]["losses"] for r in (single, double)]
+    assert [x["loss"] for x in losses[1]] == pytest.approx([x["loss"] for x in losses[0]], rel=1e-5)

@@ -584,7 +584,8 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
     import copy
     import random
 
-    from ssu.engine.finetune import _backward, micro_batches
+    from ssu.engine.distributed import Processes
+    from ssu.engine.finetune import _accumulate, micro_batches
 
     method = get_method(name)(RunConfig(epsilon=0.5))
     fs = build_forget_set(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED,
@@ -601,8 +602,8 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
     for per_chunk in (4, 1, 3):
         model.zero_grad(set_to_none=True)
         stats = {"losses": [], "tokens": 0}
-        _backward(model, method, windows, tokenizer.pad_token_id, share_prompts, per_chunk, "cpu",
-                  1, reference, stats, 0)
+        _accumulate(model, method, [windows], tokenizer.pad_token_id, share_prompts, per_chunk, "cpu",
+                    reference, Processes("cpu"), stats, 0)
         results.append((stats["losses"][0], {k: p.grad.clone() for k, p in model.named_parameters()}))
     (loss_a, grads_a) = results[0]
     for loss_b, grads_b in results[1:]:

@@ -1,43 +1,74 @@
-"""Data parallelism for ``accelerate launch`` / ``torchrun``: split micro-batches, sum gradients.
+"""Processes through accelerate: one plain process, or DDP / FSDP under ``accelerate launch``.
 
-One process is the plain case and touches no distributed machinery. Under a launcher
-(``WORLD_SIZE`` > 1) every process loads the same theta_{t-1}, builds the same
-micro-batch order from the same seed, and works on its share of each optimizer
-step's micro-batches. The gradients are then summed across processes *before* the
-saliency mask is computed, so every process sees the same gradient, the same mask
-and makes the same update: the result equals the single-process run up to float
-summation order. Only the main process writes artifacts.
+A plain ``ssu step`` is one process and touches no distributed machinery: the model
+is used as it is and every operation is the one-process one (bit-identical runs).
+Under a launcher (``accelerate launch``, ``torchrun``) accelerate sets up the process
+group (NCCL on GPUs, gloo on CPUs), wraps the model -- DDP, or FSDP when the launch
+config asks for it -- and this class adds what ssu's loop needs on top:
 
-Summing explicitly (instead of wrapping the model in DDP) keeps the masked update
-exact when an accumulation group has fewer micro-batches than processes, and works
-the same for full and LoRA fine-tunes.
+- **work**: every process builds the same micro-batch order from the same seed and
+  takes its share of each optimizer step's *windows* (not micro-batches, so a group
+  with fewer micro-batches than processes still keeps every process busy);
+- **gradients**: DDP and FSDP average across processes in the last backward of an
+  optimizer step (the others run under ``no_sync``), so each process scales its loss
+  by the world size and the result is the one-process sum;
+- **saliency**: under FSDP each process holds a shard of every gradient, so the mask's
+  threshold is merged from every process's statistics (:meth:`gather`, :meth:`sum`)
+  and each process masks its own shard, before the optimizer step;
+- **the step's result**: full parameters on the main process (:meth:`full_parameters`).
+
+DeepSpeed keeps gradients in its own partitioned buffers and applies them inside its
+engine's step, where the saliency mask cannot reach them; it is refused in one line.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
-T = TypeVar("T")
+from ssu.errors import SSUError
+
+KINDS = ("none", "ddp", "fsdp")
 
 
-class Workers:
+def _cpu_only(device) -> bool:
+    return (device is not None and torch.device(device).type == "cpu") or not torch.cuda.is_available()
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes (rank 0; always, for one process)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+class Processes:
     """This process's place among the launched processes (a single one by default)."""
 
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = 0
-        self.device: torch.device | None = None
-        if self.world > 1:
-            from accelerate import PartialState
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        from accelerate import PartialState
 
-            # Initialises torch.distributed (NCCL on GPUs, gloo on CPUs) from the
-            # launcher's environment and picks this process's device.
-            state = PartialState()
-            self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
+        # cpu=True lets gloo processes on a machine without accelerators form a group.
+        self.state = PartialState(cpu=_cpu_only(device))
+        self.accelerator = None
+        self.kind = "none"
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        if self.state.use_distributed:
+            from accelerate import Accelerator
+            from accelerate.utils import DistributedType
+
+            self.accelerator = Accelerator(cpu=_cpu_only(device))
+            kind = self.accelerator.distributed_type
+            if kind == DistributedType.DEEPSPEED:
+                raise SSUError("DeepSpeed applies gradients inside its own step, where the saliency mask cannot "
+                               "reach them; launch with a DDP or FSDP accelerate config (experiments/accelerate/)")
+            self.kind = "fsdp" if kind == DistributedType.FSDP else "ddp"
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.state.device if self.state.use_distributed else None
 
     @property
     def is_main(self) -> bool:
@@ -47,23 +78,71 @@ class Workers:
     def distributed(self) -> bool:
         return self.world > 1
 
-    def shard(self, items: Sequence[T]) -> list[T]:
-        """This process's share: items rank, rank + world, ..."""
-        return list(items[self.rank :: self.world])
+    @property
+    def sharded(self) -> bool:
+        """Each process holds a shard of every gradient (FSDP), not the whole of it (DDP)."""
+        return self.kind == "fsdp"
 
-    def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
-        """All-reduce (sum) every trainable gradient; a process with no micro-batch adds zeros."""
-        if not self.distributed:
+    def prepare(self, model, optimizer):
+        """The model and optimizer as accelerate wraps them (unchanged for one process)."""
+        if self.accelerator is None:
+            return model, optimizer
+        return self.accelerator.prepare(model, optimizer)
+
+    def no_sync(self, model, skip: bool):
+        """Accumulate this backward locally (``skip``) or reduce gradients across processes."""
+        if self.accelerator is None or not skip:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
+
+    def clip_grad_norm_(self, params, max_norm: float) -> None:
+        if self.accelerator is None:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:  # FSDP computes the norm over every shard
+            self.accelerator.clip_grad_norm_(params, max_norm)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over processes (``t`` itself for one process)."""
+        if self.accelerator is None:
+            return t
+        return self.accelerator.reduce(t, reduction="sum")
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(world, *t.shape): every process's ``t`` in rank order."""
+        if self.accelerator is None:
+            return t.unsqueeze(0)
+        return self.accelerator.gather(t.unsqueeze(0))
+
+    def unwrap(self, model):
+        return model if self.accelerator is None else self.accelerator.unwrap_model(model)
+
+    @contextlib.contextmanager
+    def full_parameters(self, model) -> Iterator[torch.nn.Module]:
+        """The unwrapped model with whole (unsharded) parameters, for reading the step's result.
+
+        A collective under FSDP: every process must enter it.
+        """
+        inner = self.unwrap(model)
+        if self.kind != "fsdp":
+            yield inner
             return
-        import torch.distributed as dist
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        if isinstance(model, FSDP):  # FSDP1
+            with FSDP.summon_full_params(model, writeback=False):
+                yield inner
+            return
+        from torch.distributed.fsdp import FSDPModule  # FSDP2: fully_shard
+
+        units = [m for m in inner.modules() if isinstance(m, FSDPModule)]
+        for m in units:
+            m.unshard()
+        try:
+            yield inner
+        finally:
+            for m in units:
+                m.reshard()
 
     def barrier(self) -> None:
         if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
+            self.state.wait_for_everyone()

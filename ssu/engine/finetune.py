@@ -12,8 +12,8 @@ After accumulation the saliency mask multiplies the gradient
 in place (m * g) and only then does AdamW step. Weight decay is off so a weight
 whose gradient is always masked stays bit-identical (Adam's update for an all-zero
 gradient history is exactly zero). Under ``accelerate launch`` each process runs
-its share of a group's micro-batches and the gradients are summed before the mask
-(``ssu/engine/distributed.py``).
+its share of a group's windows, DDP or FSDP reduces the gradients in the group's last
+backward, and only then is the mask taken (``ssu/engine/distributed.py``).
 
 Memory: the run must fit 7-8B models, so beyond the weights, their gradients and
 AdamW's two moments nothing full-size is kept or built at once: the saliency mask
@@ -31,15 +31,18 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ssu.engine.distributed import Workers
+from ssu.engine.distributed import Processes
 from ssu.engine.forget_set import ForgetSet
 from ssu.engine.losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
-from ssu.engine.saliency import SaliencyMasker, chunk_views
+from ssu.engine.saliency import SaliencyMasker, chunk_views, local
 from ssu.errors import SSUError
 
 # Called after every optimizer step with the step index; tests use it to simulate a
 # crash in the middle of a time step.
 StepHook = Callable[[int], None]
+# Called after every epoch with its number (from 1) and the statistics so far; True ends
+# the fine-tune (memorize's early stop).
+EpochHook = Callable[[int, dict], bool]
 
 
 def micro_batches(fs: ForgetSet, method, batch_size: int, rng: random.Random):
@@ -64,37 +67,56 @@ def chunked(windows: list[list[Row]], per_chunk: int) -> list[list[Row]]:
     return [[r for w in windows[c : c + per_chunk] for r in w] for c in range(0, len(windows), per_chunk)]
 
 
-def _backward(model, method, windows: list[list[Row]], pad_id: int, share_prompts: bool, per_chunk: int,
-              device, group_size: int, reference, stats: dict, step: int) -> None:
-    """Loss and backward of one micro-batch, scaled so the group's gradients average.
+def shares(group: list[list[list[Row]]], rank: int, world: int, per_chunk: int):
+    """This process's chunks of one optimizer step: ``(micro-batch index, rows, its totals)``.
 
-    The micro-batch goes through in chunks of ``per_chunk`` windows, each normalized
-    by the whole micro-batch's totals, so the summed gradient (and the logged loss)
-    is the unchunked one while activations are held for one chunk at a time.
-    Dividing by the whole group's size (not this process's share of it) makes the
-    cross-process sum under a launcher the plain mean over the group.
+    Windows are dealt to processes round-robin over the whole group (window j to
+    process j mod world), so every process has work while the group has at least
+    ``world`` windows. A chunk never mixes micro-batches: each is normalized by its own
+    micro-batch's totals. One process gets exactly :func:`chunked` of every micro-batch.
     """
-    norm = group_totals([r for w in windows for r in w])
-    total: dict[str, float] = {}
-    for rows in chunked(windows, per_chunk):
-        batch = make_batch(rows, pad_id, share_prompts, norm).to(device)
-        loss, parts = method.loss(model, batch, reference)
-        if not torch.isfinite(loss):
-            raise SSUError(f"loss is {loss.item()} at optimizer step {step}; lower train.lr")
-        (loss / group_size).backward()
-        stats["tokens"] += int(batch.attention_mask.sum())
-        for k, v in {"loss": loss.item(), **parts}.items():
-            total[k] = total.get(k, 0.0) + v
-    stats["losses"].append({k: round(v, 6) for k, v in total.items()})
+    out, j = [], 0
+    for m, windows in enumerate(group):
+        norm = group_totals([r for w in windows for r in w])
+        mine = [w for i, w in enumerate(windows, start=j) if i % world == rank]
+        j += len(windows)
+        out += [(m, rows, norm) for rows in chunked(mine, per_chunk)]
+    return out
 
 
-def _check_finite_gradients(params: list[torch.Tensor], step: int) -> None:
+def _backward(model, method, rows: list[Row], norm, pad_id: int, share_prompts: bool, device,
+              scale: float, reference, step: int) -> tuple[dict[str, float], int]:
+    """Loss and backward of one chunk of a micro-batch; returns its loss parts and tokens.
+
+    The chunk is normalized by its whole micro-batch's totals, so the chunks' losses
+    (and gradients) add up to the unchunked micro-batch's while activations are held
+    for one chunk at a time. ``scale`` divides by the group's micro-batches (their mean)
+    and multiplies by the number of processes (DDP and FSDP average across them).
+    """
+    batch = make_batch(rows, pad_id, share_prompts, norm).to(device)
+    loss, parts = method.loss(model, batch, reference)
+    if not torch.isfinite(loss):
+        raise SSUError(f"loss is {loss.item()} at optimizer step {step}; lower train.lr")
+    (loss / scale).backward()
+    return {"loss": loss.item(), **parts}, int(batch.attention_mask.sum())
+
+
+def _check_finite_gradients(params: list[torch.Tensor], step: int, procs: Processes) -> None:
     """A finite loss can still back-propagate inf/NaN (a diverged step before it); stop with
     the same one-line hint as a non-finite loss, before the mask or AdamW sees it. Checked
-    chunk by chunk: ``isfinite`` of a whole embedding gradient is a 0.5 GB bool at 8B scale."""
-    finite = [torch.isfinite(c).all() for p in params if p.grad is not None for c in chunk_views(p.grad)]
-    if finite and not bool(torch.stack(finite).all()):
+    chunk by chunk: ``isfinite`` of a whole embedding gradient is a 0.5 GB bool at 8B scale.
+    Every process decides together (each may hold only a shard)."""
+    finite = [torch.isfinite(c).all() for p in params if p.grad is not None for c in chunk_views(local(p.grad))]
+    ok = torch.stack(finite).all() if finite else torch.ones((), dtype=torch.bool)
+    if procs.distributed:
+        ok = procs.sum((~ok).to(procs.device, torch.int64)) == 0
+    if not bool(ok):
         raise SSUError(f"gradient is not finite at optimizer step {step}; lower train.lr")
+
+
+def linear_decay(total_steps: int) -> Callable[[int], float]:
+    """The public reference's schedule: linear decay to zero, no warm-up."""
+    return lambda s: 1.0 - s / max(total_steps, 1)
 
 
 def finetune(
@@ -107,56 +129,65 @@ def finetune(
     batch_size: int,
     grad_accum: int,
     max_grad_norm: float,
-    saliency_k: float,
-    saliency_density: float | None,
-    seed: int,
+    saliency_k: float = 1.0,
+    saliency_density: float | None = None,
+    seed: int = 0,
     reference=None,
     progress: bool = True,
     on_step: StepHook | None = None,
     share_prompts: bool = True,
-    workers: Workers | None = None,
+    procs: Processes | None = None,
     windows_per_backward: int | None = None,
+    schedule: Callable[[int], Callable[[int], float]] = linear_decay,
+    on_epoch: EpochHook | None = None,
 ) -> dict:
-    """Train the trainable parameters of ``model`` in place; return statistics."""
-    workers = workers or Workers()
+    """Train the trainable parameters of ``model`` in place; return statistics.
+
+    The one training loop of ssu: ``ssu step`` (every method), ``ssu memorize`` and
+    ``ssu retrain`` (through memorize) all run it. ``schedule(total_steps)`` gives the
+    learning-rate factor per optimizer step; ``on_epoch(epoch, stats)`` runs after each epoch
+    and ends training early by returning True. ``stats["model"]`` is the model as the
+    processes trained it (wrapped by accelerate under a launcher).
+    """
+    procs = procs or Processes()
     windows_per_backward = windows_per_backward or batch_size  # None: the whole micro-batch at once
     device = next(model.parameters()).device
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
+    if not any(p.requires_grad for p in model.parameters()):
         raise SSUError("the model has no trainable parameters")
-    params = [p for _, p in named]
     n_micro = math.ceil(len(fs.learn) / batch_size)
     total_steps = epochs * math.ceil(n_micro / grad_accum)
     # foreach=False: the multi-tensor ("foreach") AdamW, torch's default on CUDA, takes
     # sqrt of every second moment at once -- a transient copy of all of them (16 GB for
     # 8B bf16 weights). The per-tensor loop holds one tensor's temporaries at a time and
     # is what torch already runs on CPU.
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=False)
-    # Linear decay to zero without warm-up, as the public reference's schedule.
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(total_steps, 1))
-    masker = SaliencyMasker(method.saliency_mode, k=saliency_k, density=saliency_density)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=0.0, foreach=False)
+    model, optimizer = procs.prepare(model, optimizer)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # after wrapping: FSDP's own
+    params = [p for _, p in named]
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps))
+    masker = SaliencyMasker(method.saliency_mode, k=saliency_k, density=saliency_density,
+                            shards=procs if procs.sharded else None)
     rng = random.Random(seed)
-    model.train()
 
     stats: dict = {"optimizer_steps": 0, "losses": [], "mask_fraction": [], "tokens": 0}
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=f"step {fs.step} ({method.name})", disable=not progress)
     step = 0
     try:
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
+            model.train()
             batches = list(micro_batches(fs, method, batch_size, rng))
             for g in range(0, len(batches), grad_accum):
                 group = batches[g : g + grad_accum]
-                for windows in workers.shard(group):
-                    _backward(model, method, windows, pad_id, share_prompts, windows_per_backward, device,
-                              len(group), reference, stats, step + 1)
-                workers.sum_gradients(params)
-                _check_finite_gradients(params, step + 1)
+                _accumulate(model, method, group, pad_id, share_prompts, windows_per_backward, device, reference,
+                            procs, stats, step + 1)
+                _check_finite_gradients(params, step + 1, procs)
                 mask_stats = masker(named)
                 if mask_stats:
                     stats["mask_fraction"].append(mask_stats.get("fraction"))
                 if max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    procs.clip_grad_norm_(params, max_grad_norm)
                 optimizer.step()
                 sched.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -166,10 +197,44 @@ def finetune(
                     bar.set_postfix(loss=f"{stats['losses'][-1]['loss']:.3f}")
                 if on_step is not None:
                     on_step(step)
+            if on_epoch is not None and on_epoch(epoch, stats):
+                break
     finally:
         bar.close()  # before any error message, so it is not mixed into the bar
     model.eval()
+    if procs.distributed:
+        stats["tokens"] = int(procs.sum(torch.tensor(stats["tokens"], device=procs.device)))
     stats["optimizer_steps"] = step
     stats["seconds"] = round(time.perf_counter() - start, 3)
     stats["masker"] = masker
+    stats["model"] = model
     return stats
+
+
+def _accumulate(model, method, group, pad_id, share_prompts, per_chunk, device, reference, procs: Processes,
+                stats: dict, step: int) -> None:
+    """Every backward of one optimizer step on this process; gradients reduced in the last.
+
+    A process left without a window (a group smaller than the world) still joins the
+    reduction with a zero-weighted backward of one window, as DDP and FSDP require.
+    The logged loss of each micro-batch is summed over its chunks and processes.
+    """
+    mine = shares(group, procs.rank, procs.world, per_chunk)
+    idle = not mine
+    if idle:
+        mine = [(0, chunked(group[0][:1], 1)[0], group_totals(group[0][0]))]
+    scale = len(group) / procs.world
+    totals: list[dict[str, float]] = [{} for _ in group]
+    for i, (m, rows, norm) in enumerate(mine):
+        with procs.no_sync(model, skip=i < len(mine) - 1):
+            parts, tokens = _backward(model, method, rows, norm, pad_id, share_prompts, device,
+                                      math.inf if idle else scale, reference, step)
+        stats["tokens"] += 0 if idle else tokens
+        for k, v in parts.items():  # an idle process adds zeros under the same names, for the reduction
+            totals[m][k] = totals[m].get(k, 0.0) + (0.0 if idle else v)
+    if procs.distributed:  # every process's share of each micro-batch's loss
+        keys = sorted({k for t in totals for k in t})
+        summed = procs.sum(torch.tensor([[t.get(k, 0.0) for k in keys] for t in totals], dtype=torch.float64,
+                                        device=procs.device)).tolist()
+        totals = [dict(zip(keys, row)) for row in summed]
+    stats["losses"] += [{k: round(v, 6) for k, v in t.items()} for t in totals]

@@ -71,6 +71,8 @@ def group_by_prompt(rows: list[Encoded], pad_id: int) -> SharedPrompts | None:
 
 
 def _forward_params(model) -> set[str]:
+    while isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP / FSDP1 wrappers
+        model = model.module
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
     if getattr(getattr(base, "config", None), "is_encoder_decoder", False):
         return set()

@@ -18,6 +18,13 @@ With AdamW (weight_decay = 0) an entry whose gradient was never selected keeps
 zero moments and therefore never moves; which entries those are is not recorded
 (that would be a full-size union of masks), only per-parameter counts of the last
 call's selection.
+
+Sharded gradients (FSDP): each process holds a shard of every gradient. A
+``shards`` object (:class:`ssu.engine.distributed.Processes`) then merges the
+statistics over processes -- each process's (count, mean, M2), merged in rank order
+with the same formula, or the summed histograms of the radix select -- so every
+process gets the threshold of the whole gradient and masks its own shard with it.
+Never over a concatenation: the shards stay where they are.
 """
 
 from __future__ import annotations
@@ -54,13 +61,25 @@ def chunk_views(g: Tensor) -> list[Tensor]:
     return list(g.split(max(1, CHUNK // max(row, 1))))
 
 
+def local(g: Tensor) -> Tensor:
+    """This process's part of ``g``: the local shard of an FSDP2 DTensor, else ``g`` itself
+    (FSDP1 already exposes local views); writes to it reach the gradient."""
+    return g.to_local() if hasattr(g, "to_local") else g
+
+
 def _chunks(tensors: Iterable[Tensor]) -> Iterable[Tensor]:
     # Flat chunks; a non-contiguous tensor is copied one chunk at a time, never whole.
     for t in tensors:
         yield from (c.reshape(-1) for c in chunk_views(t.detach()))
 
 
-def saliency_threshold(tensors: Iterable[Tensor], k: float = 1.0) -> float:
+def _merge(n: float, mean: float, m2: float, nb: float, mb: float, m2b: float) -> tuple[float, float, float]:
+    """Chan's parallel merge of two (count, mean, sum of squared deviations) summaries."""
+    delta, tot = mb - mean, n + nb
+    return tot, mean + delta * nb / tot, m2 + m2b + delta * delta * n * nb / tot
+
+
+def saliency_threshold(tensors: Iterable[Tensor], k: float = 1.0, shards=None) -> float:
     """γ = mean(|g|) + k·std(|g|) over all entries of all ``tensors``.
 
     The standard deviation is the population one (ddof = 0), as in the SSU
@@ -68,6 +87,9 @@ def saliency_threshold(tensors: Iterable[Tensor], k: float = 1.0) -> float:
     the count, mean and sum of squared deviations are computed in float64 and merged
     with Chan's parallel formula, which avoids the cancellation of the naive
     E[x²] − E[x]² when the spread is small relative to the mean.
+
+    With ``shards``, ``tensors`` are this process's shards and the summaries of
+    every process are merged in rank order (the same on every process).
 
     Raises ValueError when there are no entries or the result is not finite.
     """
@@ -79,10 +101,13 @@ def saliency_threshold(tensors: Iterable[Tensor], k: float = 1.0) -> float:
             continue
         mb = float(a.sum(dtype=torch.float64)) / nb
         m2b = float(((a.double() - mb) ** 2).sum())
-        delta, tot = mb - mean, n + nb
-        mean += delta * nb / tot
-        m2 += m2b + delta * delta * n * nb / tot
-        n = tot
+        n, mean, m2 = _merge(n, mean, m2, nb, mb, m2b)
+    if shards is not None:
+        parts = shards.gather(torch.tensor([n, mean, m2], dtype=torch.float64, device=shards.device))
+        n, mean, m2 = 0, 0.0, 0.0
+        for nb, mb, m2b in parts.tolist():
+            if nb:
+                n, mean, m2 = _merge(n, mean, m2, nb, mb, m2b)
     if n == 0:
         raise ValueError("saliency_threshold: no gradient entries")
     gamma = mean + k * math.sqrt(max(m2 / n, 0.0))
@@ -91,7 +116,7 @@ def saliency_threshold(tensors: Iterable[Tensor], k: float = 1.0) -> float:
     return gamma
 
 
-def _hist16(tensors: list[Tensor], prefix: int | None) -> Tensor:
+def _hist16(tensors: list[Tensor], prefix: int | None, shards=None) -> Tensor:
     """Histogram of one 16-bit half of |g|'s float32 bit pattern, over all tensors.
 
     ``prefix=None``: the high 16 bits of every entry. Otherwise: the low 16 bits of
@@ -105,7 +130,7 @@ def _hist16(tensors: list[Tensor], prefix: int | None) -> Tensor:
         else:
             half = bits[(bits >> 16) == prefix] & 0xFFFF
         counts += torch.bincount(half.long(), minlength=1 << 16).cpu()
-    return counts
+    return counts if shards is None else shards.sum(counts.to(shards.device)).cpu()
 
 
 def _bucket_of_kth_largest(counts: Tensor, k: int) -> tuple[int, int]:
@@ -115,7 +140,7 @@ def _bucket_of_kth_largest(counts: Tensor, k: int) -> tuple[int, int]:
     return b, int(above[b] - counts[b])
 
 
-def topk_threshold(tensors: Iterable[Tensor], density: float) -> float:
+def topk_threshold(tensors: Iterable[Tensor], density: float, shards=None) -> float:
     """The k-th largest |g| over all entries, with k = max(1, round(density · N)).
 
     Exact (not approximate): non-negative float32 values sort like their bit
@@ -123,17 +148,20 @@ def topk_threshold(tensors: Iterable[Tensor], density: float) -> float:
     no concatenation) finds the k-th largest value. Selecting ``|g| >= threshold``
     then keeps exactly k entries plus any further entries tied with the k-th
     (exactly like ``torch.kthvalue`` on the concatenation). Values are compared in
-    float32 (float64 gradients are rounded, which may create ties).
+    float32 (float64 gradients are rounded, which may create ties). With ``shards``
+    the count and both histograms are summed over processes.
     """
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     tensors = [t for t in tensors if t.numel()]
     n = sum(t.numel() for t in tensors)
+    if shards is not None:
+        n = int(shards.sum(torch.tensor(n, dtype=torch.int64, device=shards.device)))
     if n == 0:
         raise ValueError("topk_threshold: no gradient entries")
     k = min(n, max(1, round(density * n)))
-    hi, above = _bucket_of_kth_largest(_hist16(tensors, None), k)
-    lo, _ = _bucket_of_kth_largest(_hist16(tensors, hi), k - above)
+    hi, above = _bucket_of_kth_largest(_hist16(tensors, None, shards), k)
+    lo, _ = _bucket_of_kth_largest(_hist16(tensors, hi, shards), k - above)
     value = torch.tensor([(hi << 16) | lo], dtype=torch.int32).view(torch.float32).item()
     if not math.isfinite(value):
         raise ValueError(f"topk_threshold: non-finite threshold {value} (NaN/inf gradients?)")
@@ -141,7 +169,7 @@ def topk_threshold(tensors: Iterable[Tensor], density: float) -> float:
 
 
 def _with_grads(params: Iterable[tuple[str, nn.Parameter]]) -> list[tuple[str, Tensor]]:
-    return [(name, p.grad) for name, p in params if p.grad is not None]
+    return [(name, local(p.grad)) for name, p in params if p.grad is not None]
 
 
 def compute_masks(params: Iterable[tuple[str, nn.Parameter]], k: float = 1.0,
@@ -156,11 +184,11 @@ def compute_masks(params: Iterable[tuple[str, nn.Parameter]], k: float = 1.0,
     return _masks(_with_grads(params), k, density)[0]
 
 
-def _threshold(grads: list[tuple[str, Tensor]], k: float, density: float | None) -> float:
+def _threshold(grads: list[tuple[str, Tensor]], k: float, density: float | None, shards=None) -> float:
     if not grads:
         raise ValueError("compute_masks: no parameter has a gradient (call after backward)")
     gs = (g for _, g in grads)
-    return topk_threshold(gs, density) if density is not None else saliency_threshold(gs, k)
+    return topk_threshold(gs, density, shards) if density is not None else saliency_threshold(gs, k, shards)
 
 
 def _masks(grads: list[tuple[str, Tensor]], k: float, density: float | None) -> tuple[dict[str, Tensor], float]:
@@ -220,12 +248,14 @@ class SaliencyMasker:
     ``threshold`` is its γ and ``selected`` its {parameter name: selected entries}.
     """
 
-    def __init__(self, mode: str = "step", k: float = 1.0, density: float | None = None):
+    def __init__(self, mode: str = "step", k: float = 1.0, density: float | None = None, shards=None):
         if mode not in MODES:
             raise ValueError(f"saliency mode must be one of {MODES}, got {mode!r}")
         if density is not None and not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
-        self.mode, self.k, self.density = mode, k, density
+        if shards is not None and mode == "fixed":
+            raise ValueError("saliency mode 'fixed' keeps whole masks and cannot run on sharded gradients")
+        self.mode, self.k, self.density, self.shards = mode, k, density, shards
         self.masks: dict[str, Tensor] | None = None  # mode "fixed" only
         self.threshold: float | None = None
         self.selected: dict[str, int] = {}
@@ -241,9 +271,14 @@ class SaliencyMasker:
             return {}
         if self.mode == "step":
             grads = _with_grads(named_params)
-            self.threshold = _threshold(grads, self.k, self.density)
+            self.threshold = _threshold(grads, self.k, self.density, self.shards)
             self.selected = mask_in_place(grads, self.threshold)
             total = sum(g.numel() for _, g in grads)
+            if self.shards is not None:  # this process's counts are of its shards
+                both = self.shards.sum(torch.tensor([sum(self.selected.values()), total], device=self.shards.device))
+                selected, total = (int(x) for x in both.tolist())
+                return {"threshold": self.threshold, "selected": selected, "total": total,
+                        "fraction": selected / total if total else 0.0}
         else:
             if self.masks is None:
                 self.masks, self.threshold = _masks(_with_grads(named_params), self.k, self.density)

@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from data_prep.fsutil import atomic_dir, atomic_write_json
-from ssu.engine.encoding import collate, encode_pair
+from ssu.engine.encoding import Encoded, encode_pair
+from ssu.engine.finetune import finetune
+from ssu.engine.forget_set import ForgetSet
+from ssu.engine.losses import LEARN, forward_nll, group_mean_nll
 from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
 from ssu.eval.generation import generate_continuations
@@ -73,6 +75,28 @@ def _eval_sample(windows: list[dict], per_book: int | None, seed: int) -> list[d
     return [w for ws in by_book.values() for w in rng.sample(ws, min(per_book, len(ws)))]
 
 
+class _Memorize:
+    """The memorization objective as a method for the training loop: token-mean NLL of the
+    whole window (``n_prompt`` = 0), nothing masked, no random labels, retain or reference."""
+
+    name = "memorize"
+    uses_random_labels = needs_retain = needs_reference = False
+    saliency_mode = "none"
+
+    def loss(self, model, batch, reference=None):
+        nll, mask = forward_nll(model, batch)
+        return group_mean_nll(nll, mask, batch, LEARN), {}
+
+
+def _warmup(steps: int):
+    return lambda s: min(1.0, (s + 1) / steps)
+
+
+def _epoch_loss(stats: dict, n_batches: int) -> float:
+    """Mean loss of the last epoch's micro-batches."""
+    return float(np.mean([x["loss"] for x in stats["losses"][-n_batches:]]))
+
+
 def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
              cfg: MemorizeConfig, overwrite: bool = False, progress: bool = True,
              exclude_books: tuple[str, ...] | list[str] = ()) -> dict:
@@ -96,45 +120,43 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
     encoded = [encode_pair(tokenizer, w["prompt"], w["continuation"], cfg.max_length) for w in windows]
     eval_windows = _eval_sample(windows, cfg.eval_windows, cfg.seed)
 
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    learn = [Encoded(e.ids, 0) for e in encoded]  # every token of the window is learned
+    fs = ForgetSet(step=0, books=sorted({w["book"] for w in windows}), windows=windows, learn=learn)
     n_batches = (len(encoded) + cfg.batch_size - 1) // cfg.batch_size
     warmup = min(10, n_batches * cfg.epochs // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    rng = random.Random(cfg.seed)
     history, start = [], time.perf_counter()
-    reached, epoch, loss_val = False, 0, float("nan")
-    bar = tqdm(range(1, cfg.epochs + 1 if windows else 1), desc="memorize", disable=not progress)
-    for epoch in bar:
-        model.train()
-        order = list(range(len(encoded)))
-        rng.shuffle(order)
-        losses = []
-        for b in range(0, len(order), cfg.batch_size):
-            idx = order[b : b + cfg.batch_size]
-            batch = collate([encoded[i].ids for i in idx], [0] * len(idx), tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise SSUError(f"loss became {loss.item()} at epoch {epoch}; lower --lr")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            sched.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        loss_val = float(np.mean(losses))
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            scores = rouge_by_book(model, tokenizer, eval_windows, cfg.max_length)
-            history.append({"epoch": epoch, "loss": loss_val, "rougeL": scores,
-                            "seconds": round(time.perf_counter() - start, 2)})
-            bar.set_postfix(loss=f"{loss_val:.3f}", min_rougeL=f"{min(scores.values()):.3f}")
-            if min(scores.values()) >= cfg.target_rouge:
-                reached = True
-                break
-        else:
-            bar.set_postfix(loss=f"{loss_val:.3f}")
-    bar.close()
+    bar = tqdm(total=cfg.epochs, desc="memorize", disable=not progress)
+
+    def after_epoch(epoch: int, stats: dict) -> bool:
+        """Evaluate every ``eval_every`` epochs; stop once every book is reproduced."""
+        bar.update(1)
+        loss = _epoch_loss(stats, n_batches)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if epoch % cfg.eval_every and epoch != cfg.epochs:
+            return False
+        scores = rouge_by_book(model, tokenizer, eval_windows, cfg.max_length)
+        history.append({"epoch": epoch, "loss": loss, "rougeL": scores,
+                        "seconds": round(time.perf_counter() - start, 2)})
+        bar.set_postfix(loss=f"{loss:.3f}", min_rougeL=f"{min(scores.values()):.3f}")
+        return min(scores.values()) >= cfg.target_rouge
+
+    stats: dict = {"losses": []}
+    if windows:
+        try:
+            # The one training loop (ssu/engine/finetune.py): accumulation, clipping and the
+            # finite checks are those of every unlearning step; warm-up instead of decay.
+            stats = finetune(model, _Memorize(), fs, tokenizer.pad_token_id, lr=lr, epochs=cfg.epochs,
+                             batch_size=cfg.batch_size, grad_accum=1, max_grad_norm=1.0, seed=cfg.seed,
+                             progress=False, share_prompts=False, schedule=lambda _: _warmup(warmup),
+                             on_epoch=after_epoch)
+        except SSUError as e:  # the loop's hint names the run config's key; here it is the option
+            raise SSUError(str(e).replace("train.lr", "--lr")) from None
+        finally:
+            bar.close()
+        model = stats.pop("model")
+    reached = bool(history) and min(history[-1]["rougeL"].values()) >= cfg.target_rouge
+    epoch = history[-1]["epoch"] if history else 0
+    loss_val = _epoch_loss(stats, n_batches) if stats["losses"] else float("nan")
 
     record = {
         "source_model": str(model_path),
