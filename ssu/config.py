@@ -40,10 +40,16 @@ class TrainSettings:
     max_length: int = 512
     max_grad_norm: float = 1.0
     finetune: str = "lora"  # "lora" | "full"
+    # The next three are device-aware: `ssu init` writes GPU values into the run's config
+    # unless they are given (ssu/step.py DEVICE_DEFAULTS); these are the CPU ones.
     share_prompts: bool = True  # forward each prompt once for its 1 + K rows (ssu/engine/prefix.py)
     # Windows per forward/backward inside a micro-batch. Activation memory scales with it;
     # the gradient does not change (each chunk is normalized by the micro-batch's totals).
-    windows_per_backward: int = 1
+    windows_per_backward: int | None = 1
+    # Or a budget: as many windows per forward/backward as fit this many padded tokens
+    # (at least one window); used when set, instead of windows_per_backward.
+    tokens_per_backward: int | None = None
+    gradient_checkpointing: bool = False  # recompute activations in the backward (packed rows only)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 

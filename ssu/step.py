@@ -57,6 +57,7 @@ def init_run(run_dir: str | Path, overrides: dict[str, Any], overwrite: bool = F
         cfg.train.lr = advice.get("lr", DEFAULT_LR)
     if cfg.train.epochs is None:
         cfg.train.epochs = advice.get("epochs", DEFAULT_EPOCHS)
+    chosen = _device_defaults(cfg, overrides)
     run_dir = Path(run_dir)
     if (run_dir / CONFIG).exists() and not overwrite:
         raise SSUError(f"{run_dir} is already a run directory (use --overwrite to start over)")
@@ -65,11 +66,33 @@ def init_run(run_dir: str | Path, overrides: dict[str, Any], overwrite: bool = F
         "environment": environment(),
         "base_model_sha256": model_fingerprint(cfg.model),
         "data": str(Path(cfg.data).resolve()),
+        "device_defaults": chosen,
     }
     with atomic_dir(run_dir, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / CONFIG, record)
         atomic_write_json(tmp / "manifest.json", {"steps": {}})
     return cfg
+
+
+# Per device kind, the train settings `ssu init` writes unless the user gave them. CPU: the
+# dataclass defaults (prompt sharing and one window per backward measured fastest on a
+# 2-core CPU, benchmarks/step_cost.py). GPU: from the figures measured on one H100 in the
+# issue "The engine on accelerate" -- at the 1.2B shape prompt sharing with one-window
+# chunks took 36-41 s, two windows per backward 18.5 s, and packed rows 10.6 s -- so
+# packed rows and a token budget per backward (benchmarks/gpu_step.py measures it).
+DEVICE_DEFAULTS = {
+    "cuda": {"share_prompts": False, "windows_per_backward": None, "tokens_per_backward": 16384},
+}
+
+
+def _device_defaults(cfg: RunConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Fill the device-aware train settings the user left unset; return what was chosen."""
+    kind = resolve_device(cfg.device).type
+    given = overrides.get("train", {}) if isinstance(overrides.get("train"), dict) else {}
+    chosen = {k: v for k, v in DEVICE_DEFAULTS.get(kind, {}).items() if k not in given}
+    for k, v in chosen.items():
+        setattr(cfg.train, k, v)
+    return {"device": kind, "settings": chosen}
 
 
 def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool = True,
@@ -112,6 +135,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         saliency_density=cfg.saliency_density, seed=cfg.seed + step, reference=reference,
         progress=progress and procs.is_main, on_step=on_step, share_prompts=cfg.train.share_prompts,
         procs=procs, windows_per_backward=cfg.train.windows_per_backward,
+        tokens_per_backward=cfg.train.tokens_per_backward,
     )
     stats.pop("masker")
     with procs.full_parameters(stats.pop("model")) as trained:  # a collective under FSDP
@@ -174,8 +198,10 @@ def _prepare_trainable(model, cfg: RunConfig):
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 if STACK_ADAPTER in getattr(model, "peft_config", {}):
                     add_step_adapter(model, peft_cfg)
-                    return model, None
-                return get_peft_model(model, peft_cfg, adapter_name=STEP_ADAPTER), None
+                else:
+                    model = get_peft_model(model, peft_cfg, adapter_name=STEP_ADAPTER)
+            _checkpointing(model, cfg)
+            return model, None
         except ValueError as e:
             raise SSUError(f"cannot apply LoRA: {str(e).splitlines()[0]}") from e
     # named_parameters() lists a tied tensor (embeddings / LM head) once; a state_dict
@@ -183,7 +209,20 @@ def _prepare_trainable(model, cfg: RunConfig):
     # stays in host memory; the vector is computed on the weights' device, tensor by tensor.
     snapshot = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.named_parameters()}
     model.requires_grad_(True)
+    _checkpointing(model, cfg)
     return model, snapshot
+
+
+def _checkpointing(model, cfg: RunConfig) -> None:
+    """Gradient checkpointing when asked: activations recomputed in the backward. The
+    non-reentrant variant needs no input that requires grad (LoRA's frozen embeddings)."""
+    if cfg.train.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        kwargs = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name for it
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _extract_vector(model, snapshot, cfg: RunConfig):

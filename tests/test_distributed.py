@@ -15,12 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ssu.step import run_step
 from ssu.vectors import load_vector
 
+DDP_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "accelerate" / "ddp.yaml"
 ACCELERATE = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
@@ -32,11 +34,11 @@ def test_two_processes_match_one(run_dir, train, tmp_path):
     double = run_dir(name="double", train=train)
     run_step(single, 1, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # --multi_gpu selects the multi-process launcher; on a machine without GPUs ssu's
+    # The shipped DDP config (a multi-process launch); on a machine without GPUs ssu's
     # processes form a gloo group on the CPU.
     proc = subprocess.run(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        [ACCELERATE, "launch", "--config_file", str(DDP_CONFIG), "--num_processes", "2",
+         "--dynamo_backend", "no", "--main_process_port", "29517",
          "-m", "ssu.cli", "step", str(double), "1", "--no-eval"],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

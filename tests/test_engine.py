@@ -580,7 +580,8 @@ def test_vector_files_are_byte_identical_across_saves(done_run, tmp_path):
 @pytest.mark.parametrize("share_prompts", [True, False])
 def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenizer, name, share_prompts):
     """One window per backward holds a quarter of the activations of a 4-window micro-batch;
-    the loss and every gradient must be the single-backward ones."""
+    the loss and every gradient must be the single-backward ones, for window counts and
+    token budgets alike."""
     import copy
     import random
 
@@ -599,11 +600,13 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
             for p in reference.parameters():
                 p.add_(0.01 * torch.randn_like(p))
     results = []
-    for per_chunk in (4, 1, 3):
+    width = max(len(e.ids) for w in windows for e, _ in w)
+    # whole, one window, 3 + 1 windows, and a token budget of about two windows' rows
+    for per_chunk, tokens in ((4, None), (1, None), (3, None), (4, 2 * len(windows[0]) * width)):
         model.zero_grad(set_to_none=True)
         stats = {"losses": [], "tokens": 0}
         _accumulate(model, method, [windows], tokenizer.pad_token_id, share_prompts, per_chunk, "cpu",
-                    reference, Processes("cpu"), stats, 0)
+                    reference, Processes("cpu"), stats, 0, tokens)
         results.append((stats["losses"][0], {k: p.grad.clone() for k, p in model.named_parameters()}))
     (loss_a, grads_a) = results[0]
     for loss_b, grads_b in results[1:]:
@@ -665,3 +668,39 @@ def test_seeding_selects_deterministic_kernels_unless_asked_not_to(restore_deter
 
 def test_the_run_config_records_the_choice(run_dir):
     assert json.loads((run_dir() / "config.json").read_text())["config"]["deterministic"] is True
+
+
+def test_token_budget_chunks_hold_whole_windows_within_the_budget(forget_set):
+    from ssu.engine.finetune import chunked
+
+    windows = [[(e, LEARN)] + [(r, RANDOM) for r in rs] for e, rs in zip(forget_set.learn, forget_set.random)]
+    width = max(len(e.ids) for w in windows for e, _ in w)
+    for budget in (1, 2 * len(windows[0]) * width, 10**9):
+        chunks = chunked(windows, 1, budget)
+        assert [r for c in chunks for r in c] == [r for w in windows for r in w]  # every row once, in order
+        assert all(len(c) % len(windows[0]) == 0 for c in chunks)  # whole windows only
+        assert all(len(c) == len(windows[0]) or len(c) * max(len(e.ids) for e, _ in c) <= budget for c in chunks)
+    assert len(chunked(windows, 1, 10**9)) == 1 and len(chunked(windows, 1, 1)) == len(windows)
+
+
+def test_gradient_checkpointing_gives_the_same_step(run_dir):
+    plain, ckpt = run_dir(name="plain"), run_dir(name="ckpt", train={"gradient_checkpointing": True})
+    for r in (plain, ckpt):
+        run_step(r, 1, progress=False)
+    a, _ = load_vector(RunDir(plain).vector_path(1))
+    b, _ = load_vector(RunDir(ckpt).vector_path(1))
+    assert a.norm() > 0 and float((a - b).norm()) <= 1e-5 * float(a.norm())
+
+
+def test_init_writes_device_aware_defaults(run_dir, monkeypatch):
+    import ssu.step
+
+    cpu = json.loads((run_dir(name="cpu") / "config.json").read_text())
+    assert cpu["config"]["train"]["share_prompts"] is True and cpu["config"]["train"]["windows_per_backward"] == 1
+    assert cpu["device_defaults"] == {"device": "cpu", "settings": {}}
+    monkeypatch.setattr(ssu.step, "resolve_device", lambda _: torch.device("cuda"))
+    gpu = json.loads((run_dir(name="gpu", train={"share_prompts": True}) / "config.json").read_text())
+    chosen = {k: v for k, v in ssu.step.DEVICE_DEFAULTS["cuda"].items() if k != "share_prompts"}
+    assert gpu["device_defaults"] == {"device": "cuda", "settings": chosen}
+    assert gpu["config"]["train"]["share_prompts"] is True  # given: kept
+    assert all(gpu["config"]["train"][k] == v for k, v in chosen.items())

@@ -62,12 +62,24 @@ def micro_batches(fs: ForgetSet, method, batch_size: int, rng: random.Random):
         yield windows
 
 
-def chunked(windows: list[list[Row]], per_chunk: int) -> list[list[Row]]:
-    """The micro-batch's rows in chunks of ``per_chunk`` windows (one forward + backward each)."""
-    return [[r for w in windows[c : c + per_chunk] for r in w] for c in range(0, len(windows), per_chunk)]
+def chunked(windows: list[list[Row]], per_chunk: int, tokens: int | None = None) -> list[list[Row]]:
+    """The micro-batch's rows in chunks (one forward + backward each): ``per_chunk`` windows,
+    or with ``tokens``, as many consecutive windows as fit that many padded tokens (rows x
+    longest row; at least one window per chunk)."""
+    if tokens is None:
+        return [[r for w in windows[c : c + per_chunk] for r in w] for c in range(0, len(windows), per_chunk)]
+    out: list[list[Row]] = []
+    for w in windows:
+        if out:
+            rows = out[-1] + w
+            if len(rows) * max(len(e.ids) for e, _ in rows) <= tokens:
+                out[-1] = rows
+                continue
+        out.append(list(w))
+    return out
 
 
-def shares(group: list[list[list[Row]]], rank: int, world: int, per_chunk: int):
+def shares(group: list[list[list[Row]]], rank: int, world: int, per_chunk: int, tokens: int | None = None):
     """This process's chunks of one optimizer step: ``(micro-batch index, rows, its totals)``.
 
     Windows are dealt to processes round-robin over the whole group (window j to
@@ -80,7 +92,7 @@ def shares(group: list[list[list[Row]]], rank: int, world: int, per_chunk: int):
         norm = group_totals([r for w in windows for r in w])
         mine = [w for i, w in enumerate(windows, start=j) if i % world == rank]
         j += len(windows)
-        out += [(m, rows, norm) for rows in chunked(mine, per_chunk)]
+        out += [(m, rows, norm) for rows in chunked(mine, per_chunk, tokens)]
     return out
 
 
@@ -138,6 +150,7 @@ def finetune(
     share_prompts: bool = True,
     procs: Processes | None = None,
     windows_per_backward: int | None = None,
+    tokens_per_backward: int | None = None,
     schedule: Callable[[int], Callable[[int], float]] = linear_decay,
     on_epoch: EpochHook | None = None,
 ) -> dict:
@@ -181,7 +194,7 @@ def finetune(
             for g in range(0, len(batches), grad_accum):
                 group = batches[g : g + grad_accum]
                 _accumulate(model, method, group, pad_id, share_prompts, windows_per_backward, device, reference,
-                            procs, stats, step + 1)
+                            procs, stats, step + 1, tokens_per_backward)
                 _check_finite_gradients(params, step + 1, procs)
                 mask_stats = masker(named)
                 if mask_stats:
@@ -212,14 +225,14 @@ def finetune(
 
 
 def _accumulate(model, method, group, pad_id, share_prompts, per_chunk, device, reference, procs: Processes,
-                stats: dict, step: int) -> None:
+                stats: dict, step: int, tokens: int | None = None) -> None:
     """Every backward of one optimizer step on this process; gradients reduced in the last.
 
     A process left without a window (a group smaller than the world) still joins the
     reduction with a zero-weighted backward of one window, as DDP and FSDP require.
     The logged loss of each micro-batch is summed over its chunks and processes.
     """
-    mine = shares(group, procs.rank, procs.world, per_chunk)
+    mine = shares(group, procs.rank, procs.world, per_chunk, tokens)
     idle = not mine
     if idle:
         mine = [(0, chunked(group[0][:1], 1)[0], group_totals(group[0][0]))]
