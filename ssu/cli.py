@@ -266,6 +266,15 @@ def methods():
         click.echo(f"{name:<22} {get_method(name).description}")
 
 
+@main.command()
+def regularizers():
+    """List the registered regularizers (config key `regularizers`)."""
+    from ssu.engine.regularizers import get_regularizer, list_regularizers
+
+    for name in list_regularizers():
+        click.echo(f"{name:<22} {get_regularizer(name).description}")
+
+
 # --- evaluation and reporting -------------------------------------------------------
 
 

@@ -64,6 +64,18 @@ class EvalSettings:
 
 
 @dataclass
+class CalibrateSettings:
+    """α per step by bisection on the removed book's ROUGE-L (ssu/engine/calibrate.py)."""
+
+    enabled: bool = False
+    fraction: float = 0.5  # target: ROUGE-L <= fraction x the book's ROUGE-L at θ_{t-1}
+    rouge: float | None = None  # or an absolute ROUGE-L target (used when set)
+    alpha_max: float = 4.0
+    iterations: int = 8  # bisection steps: α known to alpha_max / 2**iterations
+    windows: int = 16  # per step, sampled from the removed books' windows
+
+
+@dataclass
 class RunConfig:
     model: str = ""
     data: str = ""
@@ -82,6 +94,11 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    # Protection composed with any method (ssu/engine/regularizers/), and their settings.
+    regularizers: list[str] = field(default_factory=list)
+    fisher_lambda: float = 10.0
+    fisher_windows: int = 16
+    calibrate: CalibrateSettings = field(default_factory=CalibrateSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
@@ -183,9 +200,12 @@ def resolve(overrides: dict[str, Any]) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
+    from ssu.engine.regularizers import get_regularizer
     from ssu.methods import get_method
 
     get_method(cfg.method)  # raises with the list of names
+    for name in cfg.regularizers:
+        get_regularizer(name)
     checks = [
         (cfg.epsilon >= 0, "epsilon must be >= 0"),
         (cfg.k_random >= 1, "k_random must be >= 1"),
@@ -193,8 +213,14 @@ def validate(cfg: RunConfig) -> None:
         (cfg.saliency_density is None or 0 < cfg.saliency_density <= 1, "saliency_density must be in (0, 1]"),
         (cfg.train.finetune in ("lora", "full"), "train.finetune must be lora or full"),
         ((cfg.train.epochs is None or cfg.train.epochs >= 1) and cfg.train.batch_size >= 1
-         and cfg.train.grad_accum >= 1 and cfg.train.windows_per_backward >= 1,
-         "train.epochs, train.batch_size, train.grad_accum and train.windows_per_backward must be >= 1"),
+         and cfg.train.grad_accum >= 1 and all(v is None or v >= 1 for v in (cfg.train.windows_per_backward,
+                                                                              cfg.train.tokens_per_backward)),
+         "train.epochs, train.batch_size, train.grad_accum, train.windows_per_backward and "
+         "train.tokens_per_backward must be >= 1"),
+        (cfg.fisher_lambda >= 0 and cfg.fisher_windows >= 1, "fisher_lambda must be >= 0, fisher_windows >= 1"),
+        (cfg.calibrate.alpha_max > 0 and cfg.calibrate.iterations >= 0 and cfg.calibrate.windows >= 1
+         and 0 < cfg.calibrate.fraction <= 1, "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, "
+         "fraction in (0, 1]"),
         (cfg.train.lr is None or cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.train.lora.r >= 1, "train.lora.r must be >= 1"),
     ]

@@ -19,11 +19,13 @@ from typing import Any
 import torch
 
 from data_prep.fsutil import atomic_dir, atomic_write_json, sha256_file
-from ssu.config import RunConfig, environment, resolve
+from ssu.config import RunConfig, environment, merge, resolve
+from ssu.engine.calibrate import calibrate_step
 from ssu.engine.distributed import Processes
 from ssu.engine.finetune import StepHook, finetune
 from ssu.engine.forget_set import build_forget_set
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
+from ssu.engine.regularizers import get_regularizer
 from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
 from ssu.methods import get_method
@@ -40,7 +42,7 @@ def init_run(run_dir: str | Path, overrides: dict[str, Any], overwrite: bool = F
     """Create RUN_DIR with the fully resolved config."""
     from data_prep import load_schedule
 
-    cfg = resolve(overrides)
+    cfg = resolve(merge(copy.deepcopy(get_method(overrides.get("method", "ssu")).recipe), overrides))
     if not cfg.model:
         raise SSUError("--model is required")
     if not cfg.data:
@@ -116,10 +118,14 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_composed(run, upto=step - 1, device=dev)
+    regularizers = [get_regularizer(name)(cfg) for name in cfg.regularizers]
     fs = build_forget_set(cfg.data, step, tokenizer, k_random=cfg.k_random,
-                          with_random=method.uses_random_labels, with_retain=method.needs_retain,
+                          with_random=method.uses_random_labels,
+                          with_retain=method.needs_retain or any(r.needs_retain for r in regularizers),
                           seed=cfg.seed + step, max_length=cfg.train.max_length)
     trainable, snapshot = _prepare_trainable(model, cfg)
+    for r in regularizers:
+        r.prepare(trainable, fs, tokenizer.pad_token_id)
     reference = None
     if method.needs_reference:
         # LoRA: θ_{t-1} is the trained model with its step adapter off (no copy); a full
@@ -138,14 +144,21 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         tokens_per_backward=cfg.train.tokens_per_backward,
     )
     stats.pop("masker")
+    alpha, calibration = cfg.alpha, None
     with procs.full_parameters(stats.pop("model")) as trained:  # a collective under FSDP
         vector = _extract_vector(trained, snapshot, cfg) * float(method.sign) if procs.is_main else None
+        for r in regularizers if procs.is_main else ():
+            vector = r.vector(vector, trained)
+        if procs.is_main and cfg.calibrate.enabled:
+            calibration = calibrate_step(trained, vector, snapshot, fs, tokenizer, cfg, cfg.seed + step,
+                                         method.sign)
+            alpha = calibration["alpha"]
     if not procs.is_main:  # every process holds the same weights; one writes them
         procs.barrier()
         return run.step_record(step)
 
     metadata = {
-        "step": step, "books": fs.books, "method": cfg.method, "alpha": cfg.alpha,
+        "step": step, "books": fs.books, "method": cfg.method, "alpha": alpha,
         "sign": method.sign, "finetune": cfg.train.finetune,
         "base_model_sha256": run.record["base_model_sha256"],
     }
@@ -168,6 +181,10 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
                     "total_seconds": round(time.perf_counter() - t0, 3)},
         "final_loss": stats["losses"][-1] if stats["losses"] else None,
     }
+    if regularizers:
+        entry["regularizers"] = {r.name: r.record() for r in regularizers}
+    if calibration is not None:
+        entry["calibration"] = calibration
     run.record_step(step, entry)  # last: the step now counts as complete
     procs.barrier()
     return entry

@@ -12,6 +12,7 @@ from ssu.methods import ga as _ga  # noqa: F401
 from ssu.methods import gd as _gd  # noqa: F401
 from ssu.methods import npo as _npo  # noqa: F401
 from ssu.methods import ssu as _ssu  # noqa: F401
+from ssu.methods import ssu_stable as _ssu_stable  # noqa: F401
 from ssu.methods.base import UnlearningMethod, get_method, list_methods, register_method
 
 __all__ = ["UnlearningMethod", "get_method", "list_methods", "register_method"]

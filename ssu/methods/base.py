@@ -24,6 +24,8 @@ class UnlearningMethod:
     sign: ClassVar[int] = -1  # stored vector = sign * (theta_ft - theta_prev)
     needs_retain: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False  # a frozen copy of theta_{t-1} (NPO)
+    # Config keys a named recipe sets; `ssu init` merges the user's keys over them.
+    recipe: ClassVar[dict] = {}
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -1,0 +1,102 @@
+"""Steps that do just enough (α calibration) and protection that composes with any method.
+
+On the synthetic world: the calibrated α is the bisection's answer, deterministic and
+recorded in the manifest; Fisher damping moves retained text less than the same step
+without it; the registry's errors are one line with a suggestion.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ssu.config import CalibrateSettings
+from ssu.engine.calibrate import calibrate_alpha
+from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
+from ssu.engine.regularizers import get_regularizer
+from ssu.errors import SSUError
+from ssu.models.loading import load_tokenizer
+from ssu.run import RunDir
+from ssu.step import run_step
+from ssu.vectors import load_vector
+from ssu.vectors.compose import load_composed
+
+SETTINGS = CalibrateSettings(enabled=True, fraction=0.5, alpha_max=4.0, iterations=8)
+
+
+def test_bisection_finds_the_smallest_alpha_that_reaches_the_target():
+    record = calibrate_alpha(lambda a: max(0.0, 1.0 - a / 2), SETTINGS)  # reaches 0.5 at α = 1
+    assert record["reached"] and record["target"] == 0.5 and record["score_at_0"] == 1.0
+    assert 1.0 <= record["alpha"] <= 1.0 + 4.0 / 2**8
+    assert record["trials"][:2] == [[0.0, 1.0], [4.0, 0.0]] and len(record["trials"]) <= 2 + 8 + 1
+    assert calibrate_alpha(lambda a: max(0.0, 1.0 - a / 2), SETTINGS) == record  # deterministic
+
+
+def test_unreachable_and_already_reached_targets_are_recorded():
+    stuck = calibrate_alpha(lambda a: 0.9, SETTINGS)
+    assert not stuck["reached"] and stuck["alpha"] == SETTINGS.alpha_max
+    absolute = CalibrateSettings(enabled=True, rouge=0.95)
+    done = calibrate_alpha(lambda a: 0.9, absolute)
+    assert done["reached"] and done["alpha"] == 0.0 and done["trials"] == [[0.0, 0.9]]
+
+
+def _retain_nll(model, world) -> float:
+    from ssu.engine.forget_set import build_forget_set
+
+    tok = load_tokenizer(str(world.memorized))
+    fs = build_forget_set(world.prepared, 1, tok, with_random=False, with_retain=True)
+    with torch.no_grad():
+        batch = make_batch([(e, LEARN) for e in fs.retain], tok.pad_token_id)
+        nll, mask = forward_nll(model, batch)
+        return float(group_mean_nll(nll, mask, batch, LEARN))
+
+
+def test_calibrated_step_records_its_alpha_and_is_deterministic(run_dir):
+    calibrate = {"enabled": True, "fraction": 0.5, "windows": 4, "iterations": 5}
+    runs = [run_dir(name=f"cal{i}", calibrate=calibrate) for i in range(2)]
+    entries = [run_step(r, 1, progress=False) for r in runs]
+    cal = entries[0]["calibration"]
+    assert cal == entries[1]["calibration"] and entries[0]["alpha"] == entries[1]["alpha"] == cal["alpha"]
+    assert cal["windows"] == 4 and cal["trials"][0][0] == 0.0 and cal["target"] == pytest.approx(
+        0.5 * cal["score_at_0"], abs=1e-6)
+    if cal["reached"]:
+        chosen = [s for a, s in cal["trials"] if a == round(cal["alpha"], 6)]
+        assert chosen and chosen[-1] <= cal["target"]
+    manifest = json.loads((runs[0] / "manifest.json").read_text())["steps"]["1"]
+    assert manifest["alpha"] == cal["alpha"] and manifest["calibration"] == cal
+
+
+def test_fisher_damping_moves_retained_text_less(run_dir, synthetic_world):
+    plain, damped = run_dir(name="plain"), run_dir(name="fisher", regularizers=["fisher"], fisher_lambda=100.0)
+    entry = None
+    for r in (plain, damped):
+        entry = run_step(r, 1, progress=False)
+    assert entry["regularizers"] == {"fisher": {"lambda": 100.0, "windows": 6}}
+    base = _retain_nll(load_composed(RunDir(plain), upto=0), synthetic_world)
+    hurt = {name: _retain_nll(load_composed(RunDir(r), upto=1), synthetic_world) - base
+            for name, r in (("plain", plain), ("fisher", damped))}
+    assert hurt["plain"] > 0 and hurt["fisher"] < hurt["plain"]
+    v_plain, _ = load_vector(RunDir(plain).vector_path(1))
+    v_damped, _ = load_vector(RunDir(damped).vector_path(1))
+    assert 0 < v_damped.norm() < v_plain.norm()
+
+
+def test_fisher_needs_a_full_fine_tune(run_dir):
+    run = run_dir(regularizers=["fisher"], train={"finetune": "lora"})
+    with pytest.raises(SSUError, match="fisher.*finetune: full"):
+        run_step(run, 1, progress=False)
+
+
+def test_unknown_regularizer_is_a_one_line_error_with_a_suggestion(run_dir):
+    with pytest.raises(SSUError, match=r"unknown regularizer 'fishr' \(did you mean 'fisher'\?\)"):
+        get_regularizer("fishr")
+    with pytest.raises(SSUError, match="did you mean 'fisher'"):
+        run_dir(regularizers=["fishr"])
+
+
+def test_the_stable_recipe_is_written_into_the_config(run_dir):
+    cfg = json.loads((run_dir(method="ssu-stable", fisher_lambda=3.0) / "config.json").read_text())["config"]
+    assert cfg["regularizers"] == ["fisher"] and cfg["calibrate"]["enabled"] is True
+    assert cfg["calibrate"]["fraction"] == 0.45 and cfg["fisher_lambda"] == 3.0  # the user's key wins
