@@ -204,6 +204,9 @@ def validate(cfg: RunConfig) -> None:
     from ssu.methods import get_method
 
     get_method(cfg.method)  # raises with the list of names
+    if not isinstance(cfg.regularizers, list):
+        raise SSUError(f"regularizers must be a list of names, e.g. --set regularizers=[fisher]; "
+                       f"got {cfg.regularizers!r}")
     for name in cfg.regularizers:
         get_regularizer(name)
     checks = [

@@ -110,6 +110,8 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
             run.drop_from(step)
         procs.barrier()
     run.check_ready(step)
+    if procs.sharded and cfg.calibrate.enabled:  # it generates on the main process alone
+        raise SSUError("calibrate.enabled is not supported under FSDP yet; calibrate on one GPU or under DDP")
     dev = procs.device or resolve_device(cfg.device)
     check_supported(cfg.train.finetune, resolve_dtype(cfg.dtype, dev))
     method = get_method(cfg.method)(cfg)

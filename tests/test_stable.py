@@ -94,6 +94,8 @@ def test_unknown_regularizer_is_a_one_line_error_with_a_suggestion(run_dir):
         get_regularizer("fishr")
     with pytest.raises(SSUError, match="did you mean 'fisher'"):
         run_dir(regularizers=["fishr"])
+    with pytest.raises(SSUError, match=r"must be a list of names, e.g. --set regularizers=\[fisher\]"):
+        run_dir(name="str", regularizers="fisher")
 
 
 def test_the_stable_recipe_is_written_into_the_config(run_dir):
