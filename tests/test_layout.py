@@ -89,4 +89,5 @@ def test_data_prep_depends_on_nothing_in_ssu(graph):
 @pytest.mark.parametrize("stage", ["ssu.engine", "ssu.vectors", "ssu.methods", "ssu.metrics", "ssu.eval",
                                    "ssu.models", "ssu.compare", "ssu.run", "ssu.step", "ssu.cli"])
 def test_each_stage_imports_cleanly(stage):
-    importlib.import_module(stage)
+    module = importlib.import_module(stage)
+    assert module.__name__ == stage and module.__doc__, f"{stage} imports but has no docstring saying what it is"
