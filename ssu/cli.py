@@ -120,6 +120,13 @@ def tiny_model(prepared_dir, out_dir, arch, size, vocab_size, max_positions, see
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option("--generic", "generic_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Directory of plain-text files mixed into every epoch (keeps general ability).")
+@click.option("--generic-weight", default=1.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--generic-pool", default=4096, show_default=True, type=click.IntRange(1),
+              help="Generic windows sampled once; each epoch draws from them.")
+@click.option("--heldout-windows", default=64, show_default=True, type=click.IntRange(0),
+              help="Generic windows held out for perplexity.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 @click.option("--overwrite", is_flag=True)
 def memorize(model, prepared_dir, out_dir, overwrite, **opts):
@@ -131,6 +138,8 @@ def memorize(model, prepared_dir, out_dir, overwrite, **opts):
     scores = record["rougeL_by_book"]
     for book, v in sorted(scores.items()):
         click.echo(f"  {book:<32} ROUGE-L {v:.3f}")
+    for name, p in record["heldout_perplexity"].items():
+        click.echo(f"  held-out perplexity ({name}, {p['windows']} windows): {p['before']:.4g} -> {p['after']:.4g}")
     state = "reached" if record["target_reached"] else "NOT reached"
     click.echo(f"target ROUGE-L {opts['target_rouge']} {state} after {record['epochs_run']} epochs "
                f"({record['seconds']:.0f}s) -> {out_dir}")

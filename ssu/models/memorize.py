@@ -4,7 +4,9 @@ The reference protocol fine-tunes a model on every book of the schedule (plus th
 retain books, which must stay memorized) until it reproduces them; unlearning then
 removes the books one time step at a time. ``memorize`` does that for any causal LM,
 tracking greedy-continuation ROUGE-L per book and stopping once every book reaches
-``target_rouge`` (or after ``epochs``).
+``target_rouge`` (or after ``epochs``). With ``generic_dir`` it mixes generic text into
+every micro-batch (``ssu/models/generic.py``), and it reports held-out perplexity before
+and after, so the cost of memorizing to general ability is on record.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from data_prep.fsutil import atomic_dir, atomic_write_json
 from ssu.engine.encoding import Encoded, encode_pair
 from ssu.engine.finetune import finetune
 from ssu.engine.forget_set import ForgetSet
-from ssu.engine.losses import LEARN, forward_nll, group_mean_nll
+from ssu.engine.losses import LEARN, RETAIN, forward_nll, group_mean_nll
 from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
 from ssu.eval.generation import generate_continuations
@@ -45,6 +47,10 @@ class MemorizeConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    generic_dir: str | None = None  # plain text mixed in: one generic window per book window
+    generic_pool: int = 4096  # generic windows sampled once; each epoch draws from them
+    generic_weight: float = 1.0  # weight of the generic windows' NLL beside the books'
+    heldout_windows: int = 64  # generic windows held out for perplexity
 
 
 def memorization_windows(prepared_dir: str | Path, roles=("forget", "retain")) -> list[dict]:
@@ -77,15 +83,44 @@ def _eval_sample(windows: list[dict], per_book: int | None, seed: int) -> list[d
 
 class _Memorize:
     """The memorization objective as a method for the training loop: token-mean NLL of the
-    whole window (``n_prompt`` = 0), nothing masked, no random labels, retain or reference."""
+    whole window (``n_prompt`` = 0), nothing masked, no random labels or reference. Generic
+    text rides in the loop's retain slot: one generic window drawn per book window."""
 
     name = "memorize"
-    uses_random_labels = needs_retain = needs_reference = False
+    uses_random_labels = needs_reference = False
     saliency_mode = "none"
+
+    def __init__(self, generic_weight: float | None = None):
+        self.needs_retain = generic_weight is not None
+        self.generic_weight = generic_weight
 
     def loss(self, model, batch, reference=None):
         nll, mask = forward_nll(model, batch)
-        return group_mean_nll(nll, mask, batch, LEARN), {}
+        loss = group_mean_nll(nll, mask, batch, LEARN)
+        if not self.needs_retain:
+            return loss, {}
+        generic = group_mean_nll(nll, mask, batch, RETAIN)
+        return loss + self.generic_weight * generic, {"generic": generic.item()}
+
+
+def heldout_perplexity(model, tokenizer, windows: list[dict], max_length: int) -> float | None:
+    """exp of the mean per-window NLL (prompt + continuation), as ``ssu eval``'s perplexity."""
+    if not windows:
+        return None
+    from ssu.eval.evaluate import token_logprobs
+
+    nll = [float(-lp.mean()) for lp in token_logprobs(model, tokenizer, windows, max_length)]
+    return float(np.exp(min(np.mean(nll), 700.0)))
+
+
+def _heldout_sets(prepared_dir, generic) -> dict[str, list[dict]]:
+    """Held-out text to measure perplexity on: the prepared heldout books, generic held-out windows."""
+    from data_prep import load_windows
+
+    sets = {"heldout_books": [w for w in load_windows(prepared_dir).to_list() if w["role"] == "heldout"]}
+    if generic is not None:
+        sets["generic"] = generic.heldout
+    return {k: v for k, v in sets.items() if v}
 
 
 def _warmup(steps: int):
@@ -119,9 +154,24 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
     # model itself, saved unchanged.
     encoded = [encode_pair(tokenizer, w["prompt"], w["continuation"], cfg.max_length) for w in windows]
     eval_windows = _eval_sample(windows, cfg.eval_windows, cfg.seed)
+    generic = None
+    if cfg.generic_dir is not None:
+        from data_prep import load_schedule
+        from ssu.models.generic import load_generic
 
-    learn = [Encoded(e.ids, 0) for e in encoded]  # every token of the window is learned
-    fs = ForgetSet(step=0, books=sorted({w["book"] for w in windows}), windows=windows, learn=learn)
+        sched = load_schedule(prepared_dir)
+        generic = load_generic(cfg.generic_dir, sched["prompt_words"], sched["continuation_words"],
+                               cfg.generic_pool, cfg.heldout_windows, cfg.seed)
+    heldout = _heldout_sets(prepared_dir, generic)
+    ppl_before = {k: heldout_perplexity(model, tokenizer, v, cfg.max_length) for k, v in heldout.items()}
+
+    def full(w):  # every token of the window is learned
+        return Encoded(encode_pair(tokenizer, w["prompt"], w["continuation"], cfg.max_length).ids, 0)
+
+    learn = [Encoded(e.ids, 0) for e in encoded]
+    fs = ForgetSet(step=0, books=sorted({w["book"] for w in windows}), windows=windows, learn=learn,
+                   retain=[full(w) for w in generic.train] if generic else [])
+    method = _Memorize(cfg.generic_weight if generic else None)
     n_batches = (len(encoded) + cfg.batch_size - 1) // cfg.batch_size
     warmup = min(10, n_batches * cfg.epochs // 10 + 1)
     history, start = [], time.perf_counter()
@@ -145,7 +195,7 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
         try:
             # The one training loop (ssu/engine/finetune.py): accumulation, clipping and the
             # finite checks are those of every unlearning step; warm-up instead of decay.
-            stats = finetune(model, _Memorize(), fs, tokenizer.pad_token_id, lr=lr, epochs=cfg.epochs,
+            stats = finetune(model, method, fs, tokenizer.pad_token_id, lr=lr, epochs=cfg.epochs,
                              batch_size=cfg.batch_size, grad_accum=1, max_grad_norm=1.0, seed=cfg.seed,
                              progress=False, share_prompts=False, schedule=lambda _: _warmup(warmup),
                              on_epoch=after_epoch)
@@ -157,6 +207,7 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
     reached = bool(history) and min(history[-1]["rougeL"].values()) >= cfg.target_rouge
     epoch = history[-1]["epoch"] if history else 0
     loss_val = _epoch_loss(stats, n_batches) if stats["losses"] else float("nan")
+    ppl_after = {k: heldout_perplexity(model, tokenizer, v, cfg.max_length) for k, v in heldout.items()}
 
     record = {
         "source_model": str(model_path),
@@ -170,6 +221,11 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
         "seconds": round(time.perf_counter() - start, 2),
         "n_windows": len(windows),
         "excluded_books": sorted(exclude_books),
+        "heldout_perplexity": {k: {"before": ppl_before[k], "after": ppl_after[k], "windows": len(heldout[k])}
+                               for k in heldout},
+        "generic": None if generic is None else {"dir": str(Path(cfg.generic_dir).resolve()),
+                                                 "files": generic.files, "pool": len(generic.train),
+                                                 "heldout": len(generic.heldout)},
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
