@@ -98,6 +98,12 @@ class RunConfig:
     regularizers: list[str] = field(default_factory=list)
     fisher_lambda: float = 10.0
     fisher_windows: int = 16
+    kl_lambda: float = 1.0
+    kl_windows: int | None = None  # retain windows per chunk; None: as many as its forget windows
+    retain_mask_fraction: float = 0.05
+    retain_mask_windows: int = 16
+    guard_weight: float = 0.25
+    guard_windows: int | None = None  # earlier-removed windows per chunk; None: as its forget windows
     calibrate: CalibrateSettings = field(default_factory=CalibrateSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -221,6 +227,12 @@ def validate(cfg: RunConfig) -> None:
          "train.epochs, train.batch_size, train.grad_accum, train.windows_per_backward and "
          "train.tokens_per_backward must be >= 1"),
         (cfg.fisher_lambda >= 0 and cfg.fisher_windows >= 1, "fisher_lambda must be >= 0, fisher_windows >= 1"),
+        (cfg.kl_lambda >= 0 and (cfg.kl_windows is None or cfg.kl_windows >= 1),
+         "kl_lambda must be >= 0, kl_windows >= 1"),
+        (0 < cfg.retain_mask_fraction < 1 and cfg.retain_mask_windows >= 1,
+         "retain_mask_fraction must be in (0, 1), retain_mask_windows >= 1"),
+        (cfg.guard_weight >= 0 and (cfg.guard_windows is None or cfg.guard_windows >= 1),
+         "guard_weight must be >= 0, guard_windows >= 1"),
         (cfg.calibrate.alpha_max > 0 and cfg.calibrate.iterations >= 0 and cfg.calibrate.windows >= 1
          and 0 < cfg.calibrate.fraction <= 1, "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, "
          "fraction in (0, 1]"),

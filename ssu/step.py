@@ -25,7 +25,7 @@ from ssu.engine.distributed import Processes
 from ssu.engine.finetune import StepHook, finetune
 from ssu.engine.forget_set import build_forget_set
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
-from ssu.engine.regularizers import get_regularizer
+from ssu.engine.regularizers import Regularized, get_regularizer
 from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
 from ssu.methods import get_method
@@ -120,14 +120,19 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_composed(run, upto=step - 1, device=dev)
-    regularizers = [get_regularizer(name)(cfg) for name in cfg.regularizers]
+    regularizers = [get_regularizer(name)(cfg, sign=method.sign) for name in cfg.regularizers]
+    if procs.sharded and not all(r.fsdp for r in regularizers):
+        names = ", ".join(r.name for r in regularizers if not r.fsdp)
+        raise SSUError(f"regularizer {names} is not supported under FSDP (it hooks each weight); use DDP")
     fs = build_forget_set(cfg.data, step, tokenizer, k_random=cfg.k_random,
                           with_random=method.uses_random_labels,
                           with_retain=method.needs_retain or any(r.needs_retain for r in regularizers),
                           seed=cfg.seed + step, max_length=cfg.train.max_length)
     trainable, snapshot = _prepare_trainable(model, cfg)
     for r in regularizers:
-        r.prepare(trainable, fs, tokenizer.pad_token_id)
+        r.prepare(trainable, fs, tokenizer)
+    if any(r.has_loss for r in regularizers):
+        method = Regularized(method, regularizers)
     reference = None
     if method.needs_reference:
         # LoRA: θ_{t-1} is the trained model with its step adapter off (no copy); a full
@@ -146,6 +151,8 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         tokens_per_backward=cfg.train.tokens_per_backward,
     )
     stats.pop("masker")
+    for r in regularizers:
+        r.finish()
     alpha, calibration = cfg.alpha, None
     with procs.full_parameters(stats.pop("model")) as trained:  # a collective under FSDP
         vector = _extract_vector(trained, snapshot, cfg) * float(method.sign) if procs.is_main else None

@@ -1,10 +1,25 @@
-"""The regularizer interface and its registry (like the method and metric registries)."""
+"""The regularizer interface, its registry, and what several regularizers share.
+
+A regularizer acts at fixed points of a step, whatever the method:
+
+- :meth:`Regularizer.prepare` before the fine-tune, at θ_{t−1} (compute a Fisher,
+  register gradient hooks, encode its own rows);
+- :meth:`Regularizer.loss` inside every backward, added to the method's loss
+  (:class:`Regularized` wraps the method, so the one training loop is untouched);
+- :meth:`Regularizer.finish` after the fine-tune (remove hooks);
+- :meth:`Regularizer.vector` on the step's vector (sign applied) before it is calibrated
+  and stored.
+"""
 
 from __future__ import annotations
 
 import difflib
+import random
 from typing import ClassVar
 
+import torch
+
+from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
 from ssu.errors import SSUError
 
 _REGISTRY: dict[str, type[Regularizer]] = {}
@@ -16,12 +31,23 @@ class Regularizer:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_retain: ClassVar[bool] = False  # the step's forget set must carry retain windows
+    needs_reference: ClassVar[bool] = False  # loss() compares against the frozen θ_{t−1}
+    has_loss: ClassVar[bool] = False  # loss() adds a term to every backward
+    fsdp: ClassVar[bool] = True  # works on FSDP shards
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, sign: int = -1):
         self.cfg = cfg
+        self.sign = sign  # the method's: stored vector = sign * (theta_ft - theta_prev)
 
-    def prepare(self, model, fs, pad_id: int) -> None:
+    def prepare(self, model, fs, tokenizer) -> None:
         """Before the fine-tune, at θ_{t−1} (``model`` is the trainable model)."""
+
+    def loss(self, model, batch, reference) -> tuple[torch.Tensor, dict[str, float]]:
+        """A term added to the method's loss on ``batch`` (one chunk of a micro-batch)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After the fine-tune, before the vector is taken."""
 
     def vector(self, vector, model):
         """The step's vector (sign applied) -> the vector to calibrate and store."""
@@ -30,6 +56,82 @@ class Regularizer:
     def record(self) -> dict:
         """What the manifest keeps about this regularizer's work in the step."""
         return {}
+
+
+class Regularized:
+    """A method whose loss gains its regularizers' terms; everything else is the method's.
+
+    The loop reads ``needs_retain`` (retain rows inside each micro-batch) from the method
+    itself: a regularizer draws its own rows, so a method that ignores retain windows is
+    not handed any.
+    """
+
+    def __init__(self, method, regularizers: list[Regularizer]):
+        self.method = method
+        self.terms = [r for r in regularizers if r.has_loss]
+        self.needs_reference = method.needs_reference or any(r.needs_reference for r in self.terms)
+
+    def __getattr__(self, name):
+        return getattr(self.method, name)
+
+    def loss(self, model, batch, reference=None):
+        loss, parts = self.method.loss(model, batch, reference)
+        for r in self.terms:
+            term, extra = r.loss(model, batch, reference)
+            loss = loss + term
+            parts = {**parts, **extra}
+        return loss, parts
+
+
+def chunk_share(batch) -> float:
+    """This chunk's share of its micro-batch (forget windows in the chunk / in the micro-batch),
+    so a term computed once per chunk adds up to once per micro-batch."""
+    here = int((batch.group == LEARN).sum())
+    return here / max(batch.rows_in(LEARN), 1)
+
+
+def sample(rows: list, n: int, seed: int) -> list:
+    """``n`` rows drawn without replacement with ``seed`` (all of them when fewer)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def retain_fisher(model, rows, pad_id: int) -> dict[str, torch.Tensor]:
+    """Empirical Fisher of the retain ``rows`` at the model's weights: per trainable weight,
+    the mean over rows of g² (g: the gradient of one row's continuation NLL), in float32.
+
+    One row per backward, so g is a single window's gradient (the *empirical* Fisher,
+    not the squared mean gradient). No dropout: the Fisher of θ_{t−1} itself.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for e in rows:
+        model.zero_grad(set_to_none=True)
+        batch = make_batch([(e, LEARN)], pad_id).to(device)
+        nll, mask = forward_nll(model, batch)
+        group_mean_nll(nll, mask, batch, LEARN).backward()
+        for n, p in named:
+            if p.grad is not None:
+                fisher[n].add_(p.grad.float().square())
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    for f in fisher.values():
+        f.div_(max(len(rows), 1))
+    return fisher
+
+
+def require_retain(name: str, fs) -> None:
+    if not fs.retain:
+        raise SSUError(f"regularizer {name!r} needs retain books (retain/*.txt in the prepared data)")
+
+
+def require_full(name: str, model) -> None:
+    if hasattr(model, "peft_config"):
+        raise SSUError(f"regularizer {name!r} needs train.finetune: full (it acts on each weight of the change)")
 
 
 def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:

@@ -16,13 +16,16 @@ Config: ``fisher_lambda`` (λ, default 10), ``fisher_windows`` (retain windows u
 
 from __future__ import annotations
 
-import random
-
 import torch
 
-from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
-from ssu.engine.regularizers.base import Regularizer, register_regularizer
-from ssu.errors import SSUError
+from ssu.engine.regularizers.base import (
+    Regularizer,
+    register_regularizer,
+    require_full,
+    require_retain,
+    retain_fisher,
+    sample,
+)
 
 
 @register_regularizer
@@ -31,32 +34,14 @@ class FisherDamping(Regularizer):
     description = "damp the step's change by 1 / (1 + λ F / mean F), F: retain-window Fisher at θ_{t-1}"
     needs_retain = True
 
-    def prepare(self, model, fs, pad_id: int) -> None:
-        if hasattr(model, "peft_config"):
-            raise SSUError("regularizer 'fisher' needs train.finetune: full (it damps each weight of the change)")
-        if not fs.retain:
-            raise SSUError("regularizer 'fisher' needs retain books (retain/*.txt in the prepared data)")
-        rows = list(fs.retain)
-        random.Random(self.cfg.seed).shuffle(rows)
-        rows = rows[: self.cfg.fisher_windows]
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
-        was_training = model.training
-        model.eval()  # no dropout: the Fisher of θ_{t-1} itself
-        for e in rows:
-            model.zero_grad(set_to_none=True)
-            batch = make_batch([(e, LEARN)], pad_id).to(next(model.parameters()).device)
-            nll, mask = forward_nll(model, batch)
-            group_mean_nll(nll, mask, batch, LEARN).backward()
-            for n, p in named:
-                if p.grad is not None:
-                    fisher[n].add_(p.grad.float().square())
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+    def prepare(self, model, fs, tokenizer) -> None:
+        require_full(self.name, model)
+        require_retain(self.name, fs)
+        rows = sample(fs.retain, self.cfg.fisher_windows, self.cfg.seed)
+        fisher = retain_fisher(model, rows, tokenizer.pad_token_id)
         total = sum(float(f.sum(dtype=torch.float64)) for f in fisher.values())
-        count = sum(f.numel() for f in fisher.values())
-        mean = total / len(rows) / count
-        self.scale = {n: 1.0 / (1.0 + self.cfg.fisher_lambda * (f / len(rows)) / mean) for n, f in fisher.items()}
+        mean = total / sum(f.numel() for f in fisher.values())
+        self.scale = {n: 1.0 / (1.0 + self.cfg.fisher_lambda * f / mean) for n, f in fisher.items()}
         self.windows = len(rows)
 
     def vector(self, vector, model):

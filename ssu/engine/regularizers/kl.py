@@ -1,0 +1,65 @@
+"""KL to θ_{t−1} on retain windows: the step's model must keep predicting retained text as before.
+
+In every backward, a few retain windows are forwarded through the model being trained
+and through the frozen θ_{t−1}, and λ · KL(p_{θ_{t−1}} ‖ p_θ) over their continuation
+tokens (mean per token) is added to the method's loss -- open-unlearning's ``KL``
+retain term, here composable with any method. For SSU, whose fine-tune *learns* the
+book and is then negated, it keeps the learned change τ from moving retained
+predictions; since the KL is (to second order) the same quadratic form at θ_{t−1} ± τ,
+the negated step keeps them too. The rows are drawn per chunk with the step's seed;
+the term is weighted by the chunk's share of its micro-batch so that chunking does
+not change it.
+
+Config: ``kl_lambda`` (λ, default 1), ``kl_windows`` (retain windows per micro-batch,
+default: as many as forget windows in it).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+from ssu.engine.losses import LEARN, make_batch
+from ssu.engine.regularizers.base import Regularizer, chunk_share, register_regularizer, require_retain
+from ssu.errors import SSUError
+
+
+def continuation_kl(model, reference, batch) -> torch.Tensor:
+    """Mean over labelled tokens of KL(p_reference ‖ p_model) of the next-token distribution."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    with torch.no_grad():
+        ref = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    mask = batch.labels[:, 1:] != -100
+    logp, logq = F.log_softmax(logits[mask], -1), F.log_softmax(ref[mask], -1)
+    return F.kl_div(logp, logq, log_target=True, reduction="batchmean")
+
+
+@register_regularizer
+class RetainKL(Regularizer):
+    name = "kl"
+    description = "add λ·KL(p_θ(t-1) ‖ p_θ) on retain windows to every backward (open-unlearning's KL term)"
+    needs_retain = True
+    needs_reference = True
+    has_loss = True
+
+    def prepare(self, model, fs, tokenizer) -> None:
+        require_retain(self.name, fs)
+        self.rows = list(fs.retain)
+        self.pad_id = tokenizer.pad_token_id
+        self.rng = random.Random(self.cfg.seed + fs.step)
+        self.values: list[float] = []
+
+    def loss(self, model, batch, reference):
+        if reference is None:
+            raise SSUError("regularizer 'kl' needs the reference model theta_(t-1)")
+        n = self.cfg.kl_windows or int((batch.group == LEARN).sum())
+        rows = [(self.rows[self.rng.randrange(len(self.rows))], LEARN) for _ in range(max(n, 1))]
+        kl = continuation_kl(model, reference, make_batch(rows, self.pad_id).to(batch.input_ids.device))
+        self.values.append(kl.item())
+        return self.cfg.kl_lambda * chunk_share(batch) * kl, {"retain_kl": kl.item()}
+
+    def record(self) -> dict:
+        mean = sum(self.values) / len(self.values) if self.values else 0.0
+        return {"lambda": self.cfg.kl_lambda, "windows": self.cfg.kl_windows, "mean_kl": round(mean, 6)}

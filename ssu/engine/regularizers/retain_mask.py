@@ -1,0 +1,64 @@
+"""Retain-aware saliency mask: the weights retained books lean on most never move in the step.
+
+Before the fine-tune, at θ_{t−1}, the empirical Fisher F of the retain windows is
+taken per weight (as for ``fisher``); the ``retain_mask_fraction`` of entries with the
+largest F (exact k-th largest over all trainable entries, the saliency mask's radix
+select) are frozen for the whole step: a gradient hook multiplies every backward's
+gradient by the keep mask, so the accumulated gradient -- and the method's own
+saliency mask, taken on it -- never selects them, and with AdamW (weight decay 0) a
+weight whose gradient is always zero stays bit-identical. Where ``fisher`` shrinks
+the finished vector, this moves the step's budget to other weights while it trains.
+Full fine-tunes on one process or DDP: an FSDP shard has no per-weight hook of its own.
+
+Memory: one bool per trainable weight (8 GB at 8B), plus the float32 Fisher while the
+threshold is found.
+
+Config: ``retain_mask_fraction`` (default 0.05), ``retain_mask_windows`` (retain windows, 16).
+"""
+
+from __future__ import annotations
+
+from ssu.engine.regularizers.base import (
+    Regularizer,
+    register_regularizer,
+    require_full,
+    require_retain,
+    retain_fisher,
+    sample,
+)
+from ssu.engine.saliency import topk_threshold
+
+
+@register_regularizer
+class RetainMask(Regularizer):
+    name = "retain-mask"
+    description = "freeze the weights with the top retain-window Fisher (fraction retain_mask_fraction)"
+    needs_retain = True
+    fsdp = False
+
+    def prepare(self, model, fs, tokenizer) -> None:
+        require_full(self.name, model)
+        require_retain(self.name, fs)
+        rows = sample(fs.retain, self.cfg.retain_mask_windows, self.cfg.seed)
+        fisher = retain_fisher(model, rows, tokenizer.pad_token_id)
+        threshold = topk_threshold(list(fisher.values()), self.cfg.retain_mask_fraction)
+        self.keep = {n: f < threshold for n, f in fisher.items()}
+        del fisher
+        self.frozen = sum(int((~k).sum()) for k in self.keep.values())
+        self.total = sum(k.numel() for k in self.keep.values())
+        self.windows = len(rows)
+        self.handles = [p.register_hook(_masker(self.keep[n])) for n, p in model.named_parameters()
+                        if p.requires_grad]
+
+    def finish(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def record(self) -> dict:
+        return {"fraction": self.cfg.retain_mask_fraction, "windows": self.windows,
+                "frozen": self.frozen, "of": self.total}
+
+
+def _masker(keep):
+    return lambda grad: grad * keep.to(grad.device, grad.dtype)
