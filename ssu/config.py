@@ -73,6 +73,9 @@ class CalibrateSettings:
     alpha_max: float = 4.0
     iterations: int = 8  # bisection steps: α known to alpha_max / 2**iterations
     windows: int = 16  # per step, sampled from the removed books' windows
+    # End the fine-tune at the first epoch whose vector reaches the target (at alpha_max
+    # when enabled, else at the run's alpha); one process only.
+    early_stop: bool = False
 
 
 @dataclass

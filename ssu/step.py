@@ -20,7 +20,7 @@ import torch
 
 from data_prep.fsutil import atomic_dir, atomic_write_json, sha256_file
 from ssu.config import RunConfig, environment, merge, resolve
-from ssu.engine.calibrate import calibrate_step
+from ssu.engine.calibrate import EarlyStop, calibrate_step
 from ssu.engine.distributed import Processes
 from ssu.engine.finetune import StepHook, finetune
 from ssu.engine.forget_set import build_forget_set
@@ -112,6 +112,8 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     run.check_ready(step)
     if procs.sharded and cfg.calibrate.enabled:  # it generates on the main process alone
         raise SSUError("calibrate.enabled is not supported under FSDP yet; calibrate on one GPU or under DDP")
+    if procs.distributed and cfg.calibrate.early_stop:  # every process would have to agree each epoch
+        raise SSUError("calibrate.early_stop is supported on one process only")
     dev = procs.device or resolve_device(cfg.device)
     check_supported(cfg.train.finetune, resolve_dtype(cfg.dtype, dev))
     method = get_method(cfg.method)(cfg)
@@ -140,6 +142,15 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         reference = ReferenceView(trainable) if snapshot is None else \
             copy.deepcopy(model).eval().requires_grad_(False)
     t_load = time.perf_counter() - t0
+    early = None
+    if cfg.calibrate.early_stop:
+        def vector_now():
+            v = _extract_vector(trainable, snapshot, cfg) * float(method.sign)
+            for r in regularizers:
+                v = r.vector(v, trainable)
+            return v
+
+        early = EarlyStop(trainable, snapshot, fs, tokenizer, cfg, cfg.seed + step, method.sign, vector_now)
 
     stats = finetune(
         trainable, method, fs, tokenizer.pad_token_id, lr=cfg.train.lr, epochs=cfg.train.epochs,
@@ -148,7 +159,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         saliency_density=cfg.saliency_density, seed=cfg.seed + step, reference=reference,
         progress=progress and procs.is_main, on_step=on_step, share_prompts=cfg.train.share_prompts,
         procs=procs, windows_per_backward=cfg.train.windows_per_backward,
-        tokens_per_backward=cfg.train.tokens_per_backward,
+        tokens_per_backward=cfg.train.tokens_per_backward, on_epoch=early,
     )
     stats.pop("masker")
     for r in regularizers:
@@ -194,6 +205,8 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         entry["regularizers"] = {r.name: r.record() for r in regularizers}
     if calibration is not None:
         entry["calibration"] = calibration
+    if early is not None:
+        entry["early_stop"] = {**early.record(), "epochs_run": early.stopped_at or cfg.train.epochs}
     run.record_step(step, entry)  # last: the step now counts as complete
     procs.barrier()
     return entry

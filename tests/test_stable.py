@@ -102,3 +102,40 @@ def test_the_stable_recipe_is_written_into_the_config(run_dir):
     cfg = json.loads((run_dir(method="ssu-stable", fisher_lambda=3.0) / "config.json").read_text())["config"]
     assert cfg["regularizers"] == ["fisher"] and cfg["calibrate"]["enabled"] is True
     assert cfg["calibrate"]["fraction"] == 0.45 and cfg["fisher_lambda"] == 3.0  # the user's key wins
+
+
+def test_early_stop_ends_the_fine_tune_at_the_target_and_records_it(run_dir):
+    calibrate = {"enabled": False, "early_stop": True, "fraction": 0.9, "windows": 4}
+    runs = [run_dir(name=f"early{i}", calibrate=calibrate, train={"epochs": 4}) for i in range(2)]
+    full = run_step(run_dir(name="full", train={"epochs": 4}), 1, progress=False)
+    entries = [run_step(r, 1, progress=False) for r in runs]
+    early = entries[0]["early_stop"]
+    assert early == entries[1]["early_stop"]  # deterministic
+    assert early["alpha_tested"] == 1.0 and early["target"] == pytest.approx(0.9 * early["score_at_0"], abs=1e-6)
+    assert early["stopped_at_epoch"] is not None and early["epochs_run"] < 4
+    assert early["checks"][-1][1] <= early["target"] < min(s for _, s in early["checks"][:-1] or [[0, 2.0]])
+    # Stopping earlier means fewer optimizer steps, and so a smaller change than the full budget.
+    assert entries[0]["hyperparameters"]["epochs"] == 4
+    v_early, _ = load_vector(RunDir(runs[0]).vector_path(1))
+    v_full, _ = load_vector(RunDir(runs[0].parent / "full").vector_path(1))
+    assert 0 < v_early.norm() < v_full.norm() and full.get("early_stop") is None
+
+
+def test_the_alpha_view_restores_the_trained_weights_bit_for_bit(synthetic_world):
+    from ssu.engine.calibrate import AlphaView
+    from ssu.models.loading import load_model
+    from ssu.vectors import TaskVector
+
+    model = load_model(str(synthetic_world.memorized), "cpu", "float32")
+    snapshot = {k: p.detach().clone() for k, p in model.named_parameters()}
+    torch.manual_seed(0)
+    with torch.no_grad():  # a realistic step: std 1e-5 on weights of std ~0.02
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-5)
+    trained = {k: p.detach().clone() for k, p in model.named_parameters()}
+    vector = TaskVector.from_state_dicts(dict(model.named_parameters()), snapshot) * -1.0
+    view = AlphaView(model, vector, snapshot, sign=-1, keep_trained=True)
+    view.apply(3.0)
+    assert not torch.equal(dict(model.named_parameters())["transformer.wte.weight"], trained["transformer.wte.weight"])
+    view.restore()
+    assert all(torch.equal(p, trained[k]) for k, p in model.named_parameters())

@@ -9,6 +9,7 @@ memorized at its step and later; retained >= 0.85, not yet removed >= 0.75 after
 
     python experiments/stable/demo_world.py --out runs/stable --seeds 0 1 2
     python experiments/stable/demo_world.py --methods ssu ssu-stable --set fisher_lambda=30
+    python experiments/stable/demo_world.py --tag -guard --set 'regularizers=[fisher,guard]'
 
 Re-runnable: completed worlds, steps and evaluations are skipped.
 """
@@ -39,12 +40,12 @@ def world(root: Path, seed: int) -> tuple[Path, Path]:
 
 
 def run_method(root: Path, prepared: Path, memorized: Path, method: str, seed: int, steps: int,
-               overrides: dict) -> Path:
+               overrides: dict, tag: str = "") -> Path:
     from ssu.config import merge
     from ssu.eval.evaluate import evaluate_step
     from ssu.step import init_run, run_step
 
-    run = root / f"run-{method}"
+    run = root / f"run-{method}{tag}"
     if not (run / "config.json").exists():
         init_run(run, merge({"model": str(memorized), "data": str(prepared), "method": method, "seed": seed,
                              "device": "cpu", "train": {"finetune": "full"}}, overrides))
@@ -84,6 +85,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every method except plain ssu")
+    ap.add_argument("--tag", default="", help="suffix of the run directories (variants share the worlds)")
     args = ap.parse_args()
 
     from ssu.config import parse_set
@@ -96,7 +98,7 @@ def main() -> None:
         prepared, memorized = world(root, seed)
         for method in args.methods:
             run = run_method(root, prepared, memorized, method, seed, args.steps,
-                             {} if method == "ssu" else overrides)
+                             {} if method == "ssu" else overrides, "" if method == "ssu" else args.tag)
             table[(method, seed)] = figures(run, prepared, args.steps)
             manifest = json.loads((run / "manifest.json").read_text())["steps"]
             alphas = [round(manifest[str(t)]["alpha"], 3) for t in range(1, args.steps + 1)]

@@ -10,9 +10,10 @@ brings it to the target: ``fraction`` × its score at θ_{t−1} (default) or an
 shows where that held. Everything is deterministic: the sample is drawn with the
 step's seed and decoding is greedy.
 
-The α is applied exactly, in place, by the caller's ``apply_alpha`` (a LoRA step
-scales its adapter, a full fine-tune sets θ_{t−1} + α·v in its float32 weights), so
-calibration adds generation passes but no copy of the model.
+The α is applied exactly, in place (:class:`AlphaView`: a LoRA step scales its
+adapter, a full fine-tune sets θ_{t−1} + α·v in its float32 weights), so calibration
+adds generation passes but no copy of the model. :class:`EarlyStop` uses the same
+target to end a step's fine-tune at the first epoch whose vector already reaches it.
 """
 
 from __future__ import annotations
@@ -73,42 +74,116 @@ def calibrate_alpha(score: Callable[[float], float], settings) -> dict:
     return {**record, "alpha": hi, "reached": True}
 
 
-def calibrate_step(model, vector, snapshot, fs, tokenizer, cfg, seed: int, sign: int = -1) -> dict:
-    """Calibrate α for one step on the model the step trained, applying α exactly in place.
+class AlphaView:
+    """Put the model the step trained at θ_{t−1} + α·v in place, exactly, and back.
 
     ``sign`` is the method's (v = sign·Δ). LoRA (``snapshot`` is None): the step's adapter
-    scaling becomes sign·α times its own, so the model is θ_{t−1} + α·v with no weight
-    touched. Full fine-tune: every trained weight is set to θ_{t−1} + α·v in its
-    (float32) dtype from the pre-step snapshot.
+    scaling becomes sign·α times its own, so no weight is touched and :meth:`restore`
+    is exact. Full fine-tune: every trained weight is set to θ_{t−1} + α·v in its
+    (float32) dtype from the pre-step snapshot; with ``keep_trained`` the trained weights
+    are copied first (one more copy of the trainable weights) so :meth:`restore` gives
+    them back bit for bit -- θ_{t−1} + (θ − θ_{t−1}) is not θ in floating point.
     """
-    import torch
 
-    from ssu.engine.precision import STEP_ADAPTER
+    def __init__(self, model, vector, snapshot, sign: int = -1, keep_trained: bool = False):
+        import torch
 
-    if snapshot is None:
-        from peft.tuners.lora import LoraLayer
+        from ssu.engine.precision import STEP_ADAPTER
 
-        base = model.get_base_model()
-        layers = [m for m in base.modules() if isinstance(m, LoraLayer) and STEP_ADAPTER in m.scaling]
-        own = [m.scaling[STEP_ADAPTER] for m in layers]
+        self.model, self.vector, self.snapshot, self.sign = model, vector, snapshot, sign
+        if snapshot is None:
+            from peft.tuners.lora import LoraLayer
 
-        def apply(a: float) -> None:
-            for m, s in zip(layers, own):
-                m.scaling[STEP_ADAPTER] = s * sign * a
-    else:
-        params = dict(model.named_parameters())
+            base = model.get_base_model()
+            self.layers = [m for m in base.modules() if isinstance(m, LoraLayer) and STEP_ADAPTER in m.scaling]
+            self.own = [m.scaling[STEP_ADAPTER] for m in self.layers]
+            self.adapter = STEP_ADAPTER
+        else:
+            self.params = dict(model.named_parameters())
+            self.trained = ({k: self.params[k].detach().clone() for k in vector.keys()} if keep_trained else None)
+        self._torch = torch
 
-        def apply(a: float) -> None:
-            with torch.no_grad():
-                for k in vector.keys():
-                    p = params[k]
-                    p.copy_(snapshot[k].to(p.device) + a * vector[k].to(p.device))
+    def apply(self, a: float) -> None:
+        if self.snapshot is None:
+            for m, s in zip(self.layers, self.own):
+                m.scaling[self.adapter] = s * self.sign * a
+            return
+        with self._torch.no_grad():
+            for k in self.vector.keys():
+                p = self.params[k]
+                p.copy_(self.snapshot[k].to(p.device) + a * self.vector[k].to(p.device))
 
+    def restore(self) -> None:
+        if self.snapshot is None:
+            for m, s in zip(self.layers, self.own):
+                m.scaling[self.adapter] = s
+            return
+        if self.trained is None:
+            raise RuntimeError("AlphaView(keep_trained=False) cannot restore the trained weights")
+        with self._torch.no_grad():
+            for k, t in self.trained.items():
+                self.params[k].copy_(t)
+
+
+def calibrate_step(model, vector, snapshot, fs, tokenizer, cfg, seed: int, sign: int = -1) -> dict:
+    """Calibrate α for one step on the model the step trained, applying α exactly in place
+    (:class:`AlphaView`); the model is left at the chosen α."""
+    view = AlphaView(model, vector, snapshot, sign)
     windows = sample_windows(fs.windows, cfg.calibrate.windows, seed)
     model.eval()
 
     def score(a: float) -> float:
-        apply(a)
+        view.apply(a)
         return rouge_l(model, tokenizer, windows, cfg.train.max_length)
 
     return {**calibrate_alpha(score, cfg.calibrate), "windows": len(windows)}
+
+
+class EarlyStop:
+    """Stop a step's fine-tune at the first epoch whose vector already reaches the target.
+
+    After each epoch the vector so far (``vector_now()``: sign and regularizers applied,
+    as the step will store it) is applied at ``alpha`` -- ``calibrate.alpha_max`` when α
+    is calibrated afterwards (so the bisection can still reach the target), else the
+    run's α -- and the removed book's ROUGE-L is measured on the calibration windows;
+    the trained weights are then restored exactly and training ends if the score is at
+    or under the target (the same target as :func:`calibrate_alpha`'s, from the score at
+    θ_{t−1}). Fewer epochs, a smaller change: the step does no more training than the
+    target needs. Every check is recorded.
+    """
+
+    def __init__(self, model, snapshot, fs, tokenizer, cfg, seed: int, sign: int, vector_now):
+        self.model, self.snapshot, self.tokenizer, self.cfg, self.sign = model, snapshot, tokenizer, cfg, sign
+        self.vector_now = vector_now
+        self.windows = sample_windows(fs.windows, cfg.calibrate.windows, seed)
+        self.alpha = cfg.calibrate.alpha_max if cfg.calibrate.enabled else cfg.alpha
+        self.checks: list[list[float]] = []
+        self.target = self.start = None
+        self.stopped_at: int | None = None
+
+    def __call__(self, epoch: int, stats: dict) -> bool:
+        if epoch >= self.cfg.train.epochs:  # the last epoch ends the fine-tune anyway
+            return False
+        view = AlphaView(self.model, self.vector_now(), self.snapshot, self.sign, keep_trained=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.target is None:
+                view.apply(0.0)
+                self.start = rouge_l(self.model, self.tokenizer, self.windows, self.cfg.train.max_length)
+                c = self.cfg.calibrate
+                self.target = c.rouge if c.rouge is not None else c.fraction * self.start
+            view.apply(self.alpha)
+            score = rouge_l(self.model, self.tokenizer, self.windows, self.cfg.train.max_length)
+        finally:
+            view.restore()
+            self.model.train(was_training)
+        self.checks.append([epoch, round(score, 6)])
+        if score <= self.target:
+            self.stopped_at = epoch
+        return self.stopped_at is not None
+
+    def record(self) -> dict:
+        return {"alpha_tested": self.alpha, "target": None if self.target is None else round(self.target, 6),
+                "score_at_0": None if self.start is None else round(self.start, 6), "checks": self.checks,
+                "stopped_at_epoch": self.stopped_at, "windows": len(self.windows)}
