@@ -9,7 +9,7 @@ memorized at its step and later; retained >= 0.85, not yet removed >= 0.75 after
 
     python experiments/stable/demo_world.py --out runs/stable --seeds 0 1 2
     python experiments/stable/demo_world.py --methods ssu ssu-stable --set fisher_lambda=30
-    python experiments/stable/demo_world.py --tag -guard --set 'regularizers=[fisher,guard]'
+    python experiments/stable/demo_world.py --tag=-guard --set 'regularizers=[fisher,guard]'
 
 Re-runnable: completed worlds, steps and evaluations are skipped.
 """
