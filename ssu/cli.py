@@ -266,6 +266,24 @@ def methods():
         click.echo(f"{name:<22} {get_method(name).description}")
 
 
+@main.command("eval-sets")
+def eval_sets():
+    """List the registered evaluation sets (config key `eval.sets`) and their goals."""
+    from ssu.eval.sets import SETS
+
+    for s in SETS:
+        click.echo(f"{s.name:<22} {str(s.goal):<8} {s.description}")
+
+
+@main.command("model-metrics")
+def model_metrics():
+    """List the registered model-level metrics (config key `eval.model_metrics`)."""
+    from ssu.eval.model_metrics import MODEL_METRICS
+
+    for m in MODEL_METRICS:
+        click.echo(f"{m.name:<22} {m.description}")
+
+
 @main.command()
 def regularizers():
     """List the registered regularizers (config key `regularizers`)."""

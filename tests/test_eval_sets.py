@@ -111,3 +111,10 @@ def test_lm_eval_rows_with_stderr_and_in_the_report(evaluated):
     again = CliRunner().invoke(main, ["eval", str(run), "0", "--lm-eval", "ssu_local_mc",
                                       "--lm-eval-include", str(LM_EVAL_TASKS)])
     assert "all results already computed" in again.output  # not run twice
+
+
+def test_listing_commands():
+    sets = CliRunner().invoke(main, ["eval-sets"])
+    assert sets.exit_code == 0 and "removed-now" in sets.output and "forget" in sets.output
+    mm = CliRunner().invoke(main, ["model-metrics"])
+    assert mm.exit_code == 0 and all(n in mm.output for n in ("perplexity", "mia", "lm_eval"))

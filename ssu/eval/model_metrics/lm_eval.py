@@ -70,8 +70,9 @@ class LMEval:
         cfg = ctx.config.eval
         include = ctx.options.get("lm_eval_include") or cfg.lm_eval_include
         tm = task_manager(tasks, include)
-        lm = HFLM(pretrained=ctx.model, tokenizer=ctx.tokenizer, batch_size=cfg.batch_size,
-                  max_length=ctx.config.train.max_length)
+        # No max_length: lm-eval takes the model's own context (few-shot MMLU prompts run
+        # past train.max_length); batch_size bounds the rows of each scoring forward.
+        lm = HFLM(pretrained=ctx.model, tokenizer=ctx.tokenizer, batch_size=cfg.batch_size)
         seed = ctx.config.seed
         out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=cfg.lm_eval_limit,
                               log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS, random_seed=seed,
