@@ -73,6 +73,7 @@ class ModelMetric:
 
 
 MODEL_METRICS: Registry[ModelMetric] = Registry("model metric")
+LM_EVAL_PREFIX = "lm_eval:"  # rows named lm_eval:<task>:<metric> (lm_eval.py)
 
 
 def register_model_metric(name: str, *, outputs: dict[str, bool], description: str = ""):
@@ -108,9 +109,7 @@ def higher_is_better(metric: str, row: dict | None = None) -> bool | None:
 
 def is_model_metric(metric: str) -> bool:
     """Whether a results row comes from a model metric (rather than from generations)."""
-    from ssu.eval.model_metrics.lm_eval import PREFIX
-
-    return metric.startswith(PREFIX) or any(metric in m.outputs for m in MODEL_METRICS)
+    return metric.startswith(LM_EVAL_PREFIX) or any(metric in m.outputs for m in MODEL_METRICS)
 
 
 def _import_builtins() -> None:

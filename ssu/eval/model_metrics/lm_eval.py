@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 
 from ssu.errors import SSUError
-from ssu.eval.model_metrics import ModelContext, register_model_metric
+from ssu.eval.model_metrics import LM_EVAL_PREFIX, ModelContext, register_model_metric
 from ssu.eval.registry import unknown_message
 
-PREFIX = "lm_eval:"
+PREFIX = LM_EVAL_PREFIX
 SET = "lm-eval"
 BOOTSTRAP_ITERS = 1000  # lm-eval's bootstrap, for metrics without a closed-form stderr
 

@@ -18,34 +18,14 @@ belongs to one set at a given step.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ssu.eval.registry import Registry, UnknownNameError, unknown_message
+from ssu.eval.sets.base import GOALS, EvalSet, SetContext
+from ssu.eval.sets.user import check_spec, user_set
 
-GOALS = ("forget", "keep", "unseen", None)
-
-
-@dataclass(frozen=True)
-class SetContext:
-    """What a set selects from: the prepared windows, the schedule and the step."""
-
-    step: int
-    windows: list[dict]  # every window of the prepared directory (book, role, step, window, ...)
-    step_of: dict[str, int]  # book -> the step that removes it
-    config: Any  # the run's RunConfig
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    name: str
-    select: Callable[[SetContext], list[dict]]
-    goal: str | None
-    label: str  # as report rows name it ("not yet removed")
-    description: str = ""
-
+__all__ = ["GOALS", "SETS", "EvalSet", "SetContext", "configured_sets", "evaluation_windows", "get_eval_set",
+           "list_eval_sets", "register_eval_set", "set_goals"]
 
 SETS: Registry[EvalSet] = Registry("evaluation set")
 
@@ -69,8 +49,6 @@ def list_eval_sets() -> list[str]:
 
 def get_eval_set(name: str, config=None) -> EvalSet:
     """The registered set ``name``, or the user set of that name in ``config.eval.extra_sets``."""
-    from ssu.eval.sets.user import user_set
-
     extra = dict(config.eval.extra_sets) if config is not None else {}
     if name in SETS:
         return SETS.get(name)
@@ -96,7 +74,6 @@ def set_goals(config=None) -> dict[str, str | None]:
 def check_config(config) -> None:
     """Fail on an unknown set name or a bad user set (called when a config is validated)."""
     from ssu.errors import SSUError
-    from ssu.eval.sets.user import check_spec
 
     if not isinstance(config.eval.sets, list) or not isinstance(config.eval.extra_sets, dict):
         raise SSUError("eval.sets must be a list of names and eval.extra_sets a mapping of name to path")
@@ -138,7 +115,7 @@ def evaluation_windows(run, step: int) -> list[dict]:
 
 def _import_builtins() -> None:
     for path in sorted(Path(__file__).parent.glob("*.py")):
-        if path.stem not in ("__init__", "user"):
+        if path.stem not in ("__init__", "base", "user"):
             __import__(f"{__name__}.{path.stem}")
 
 

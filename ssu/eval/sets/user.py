@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ssu.errors import SSUError
-from ssu.eval.sets import GOALS, EvalSet, SetContext
+from ssu.eval.sets.base import GOALS, EvalSet, SetContext
 
 
 def _spec(name: str, spec: Any) -> tuple[Path, str | None]:
