@@ -118,3 +118,19 @@ def test_listing_commands():
     assert sets.exit_code == 0 and "removed-now" in sets.output and "forget" in sets.output
     mm = CliRunner().invoke(main, ["model-metrics"])
     assert mm.exit_code == 0 and all(n in mm.output for n in ("perplexity", "mia", "lm_eval"))
+
+
+def test_lm_eval_rows_from_results():
+    """Every numeric metric becomes a row; filters other than none are kept in the name; N/A stderr is None."""
+    from ssu.eval.model_metrics.lm_eval import rows_from_results
+
+    out = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1,
+                             "exact_match,strict": 0.25, "exact_match_stderr,strict": "N/A"}},
+           "n-samples": {"t": {"original": 8, "effective": 4}},
+           "higher_is_better": {"t": {"acc": True, "exact_match": True}}}
+    rows = {r["metric"]: r for r in rows_from_results(out, 2)}
+    assert set(rows) == {"lm_eval:t:acc", "lm_eval:t:exact_match:strict"}
+    acc = rows["lm_eval:t:acc"]
+    assert acc["step"] == 2 and acc["n"] == 4 and acc["stderr"] == 0.1
+    assert acc["ci_low"] == pytest.approx(0.5 - 0.196) and acc["ci_high"] == pytest.approx(0.5 + 0.196)
+    assert rows["lm_eval:t:exact_match:strict"]["stderr"] is None
