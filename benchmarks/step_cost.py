@@ -206,13 +206,13 @@ def worker_reference(work: Path) -> dict:
     from ssu.models.loading import load_model, load_tokenizer
 
     _warm_up(work, "lora")
-    from data_prep import load_schedule, load_windows
+    from data_prep import load_schedule, read_window_rows
 
     t0 = time.perf_counter()
     tok = load_tokenizer(str(work / "memorized"))
     model = load_model(str(work / "memorized"), "cpu")
     books = load_schedule(work / "prepared")["steps"][1]
-    windows = [w for w in load_windows(work / "prepared").to_list() if w["book"] in books]
+    windows = [w for w in read_window_rows(work / "prepared") if w["book"] in books]
     model = get_peft_model(model, LoraConfig(
         r=32, lora_alpha=32, lora_dropout=0.01, task_type="CAUSAL_LM",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))

@@ -18,7 +18,7 @@ this package does not import ``datasets`` or ``torch``.
 from data_prep.clean import clean_text
 from data_prep.errors import PrepError
 from data_prep.prepare import prepare_books
-from data_prep.store import load_books, load_schedule, load_windows, windows_for
+from data_prep.store import load_books, load_schedule, load_windows, read_window_rows, windows_for
 from data_prep.synth import write_synthetic_corpus
 from data_prep.windows import count_words, make_windows
 
@@ -31,6 +31,7 @@ __all__ = [
     "load_windows",
     "make_windows",
     "prepare_books",
+    "read_window_rows",
     "windows_for",
     "write_synthetic_corpus",
 ]

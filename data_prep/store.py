@@ -5,7 +5,8 @@ windows/books through these functions. Windows and books come back as
 ``datasets.Dataset`` objects built in memory with ``Dataset.from_dict``:
 that works offline and writes nothing to the Hugging Face cache, and the rows
 keep file order (steps ascending, books by name, windows in text order).
-``datasets`` is imported lazily so importing ``data_prep`` stays cheap.
+``datasets`` is imported lazily so importing ``data_prep`` stays cheap;
+:func:`read_window_rows` gives the same rows as plain dicts without it.
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ def load_windows(prepared_dir: str | Path, split: str | int | None = None) -> da
     root = _require_prepared(prepared_dir)
     rows = _select(_read_jsonl(root / WINDOWS_FILE), split, root)
     return _to_dataset(rows, _WINDOW_COLUMNS)
+
+
+def read_window_rows(prepared_dir: str | Path, split: str | int | None = None) -> list[dict[str, Any]]:
+    """The windows as plain dicts, in file order (what ``load_windows(...).to_list()`` gives).
+
+    For callers that iterate over rows: building a ``datasets.Dataset`` only to turn it
+    back into a list costs an Arrow round trip and the ``datasets`` import (~1 s).
+    """
+    root = _require_prepared(prepared_dir)
+    rows = _select(_read_jsonl(root / WINDOWS_FILE), split, root)
+    return [{c: r[c] for c in _WINDOW_COLUMNS} for r in rows]
 
 
 def load_books(prepared_dir: str | Path) -> datasets.Dataset:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from data_prep import load_windows
+from data_prep import read_window_rows
 from ssu.models.loading import load_tokenizer
 from ssu.models.memorize import rouge_by_book
 from ssu.run import RunDir
@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     run = RunDir(args.run_dir)
     steps = sorted(run.completed_steps())
-    windows = load_windows(run.config.data).to_list()
+    windows = read_window_rows(run.config.data)
     records = {s: run.step_record(s) for s in steps}
     removed = sorted({b for r in records.values() for b in r["books"]})
     books = args.books.split(",") if args.books else removed + sorted({w["book"] for w in windows

@@ -275,6 +275,24 @@ def methods():
         click.echo(f"{name:<22} {get_method(name).description}")
 
 
+@main.command("eval-sets")
+def eval_sets():
+    """List the registered evaluation sets (config key `eval.sets`) and their goals."""
+    from ssu.eval.sets import SETS
+
+    for s in SETS:
+        click.echo(f"{s.name:<22} {str(s.goal):<8} {s.description}")
+
+
+@main.command("model-metrics")
+def model_metrics():
+    """List the registered model-level metrics (config key `eval.model_metrics`)."""
+    from ssu.eval.model_metrics import MODEL_METRICS
+
+    for m in MODEL_METRICS:
+        click.echo(f"{m.name:<22} {m.description}")
+
+
 @main.command()
 def regularizers():
     """List the registered regularizers (config key `regularizers`)."""
@@ -291,12 +309,24 @@ def regularizers():
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("t", type=click.IntRange(0))
 @click.option("--metric", "metrics", multiple=True, help="Metric to compute (default: the run's list).")
-def eval_cmd(run_dir, t, metrics):
+@click.option("--lm-eval", "lm_eval", default=None, metavar="TASKS",
+              help="lm-eval tasks to score, comma-separated (besides eval.lm_eval_tasks), e.g. mmlu.")
+@click.option("--lm-eval-include", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Directory of extra lm-eval task YAML files.")
+def eval_cmd(run_dir, t, metrics, lm_eval, lm_eval_include):
     """Evaluate the model after step T (0 = the memorized base): memorization, utility, privacy."""
     from ssu.eval.evaluate import evaluate_step
 
-    rows = evaluate_step(run_dir, t, metrics=list(metrics) or None)
+    tasks = [x.strip() for x in lm_eval.split(",") if x.strip()] if lm_eval else None
+    if lm_eval is not None and not tasks:
+        raise SSUError("--lm-eval needs task names, e.g. --lm-eval mmlu,arc_easy")
+    rows = evaluate_step(run_dir, t, metrics=list(metrics) or None, lm_eval_tasks=tasks,
+                         lm_eval_include=lm_eval_include)
     click.echo(f"step {t}: {len(rows)} new result rows" if rows else f"step {t}: all results already computed")
+    for r in rows:
+        if r["metric"].startswith("lm_eval:"):
+            err = "" if r.get("stderr") is None else f" ± {r['stderr']:.4f}"
+            click.echo(f"  {r['metric']}: {r['value']:.4f}{err} (n {r['n']})")
 
 
 @main.command()

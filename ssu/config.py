@@ -57,10 +57,20 @@ class TrainSettings:
 class EvalSettings:
     enabled: bool = True
     max_windows: int | None = None  # per book, sampled with the run seed
-    batch_size: int = 32
-    metrics: list[str] = field(default_factory=lambda: [
+    batch_size: int = 32  # prompts per generation batch; windows per log-probability forward
+    # Or a budget for generation: at most this many (padded prompt + new) tokens per batch.
+    tokens_per_batch: int | None = None
+    metrics: list[str] = field(default_factory=lambda: [  # text metrics (ssu.metrics)
         "rouge1_f", "rougeL_f", "rougeL_recall", "lcs_words", "acs_words", "verbatim_8gram",
     ])
+    # Evaluation sets (ssu/eval/sets/) and user sets: name -> JSON lines path or {path, goal}.
+    sets: list[str] = field(default_factory=lambda: [
+        "removed-now", "removed-earlier", "retain", "future", "heldout"])
+    extra_sets: dict[str, Any] = field(default_factory=dict)
+    model_metrics: list[str] = field(default_factory=lambda: ["perplexity", "mia"])  # ssu/eval/model_metrics/
+    lm_eval_tasks: list[str] = field(default_factory=list)  # run at every evaluation when non-empty
+    lm_eval_include: str | None = None  # a directory of extra lm-eval task YAML files
+    lm_eval_limit: int | None = None  # documents per task (None: all)
 
 
 @dataclass
@@ -218,6 +228,7 @@ def validate(cfg: RunConfig) -> None:
                        f"got {cfg.regularizers!r}")
     for name in cfg.regularizers:
         get_regularizer(name)
+    _validate_eval(cfg)
     checks = [
         (cfg.epsilon >= 0, "epsilon must be >= 0"),
         (cfg.k_random >= 1, "k_random must be >= 1"),
@@ -245,6 +256,28 @@ def validate(cfg: RunConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise SSUError(msg)
+
+
+def _validate_eval(cfg: RunConfig) -> None:
+    """Every name the eval settings give must be registered (one-line did-you-mean errors)."""
+    from ssu.eval.model_metrics import get_model_metric
+    from ssu.eval.sets import check_config
+    from ssu.metrics import get_metric
+
+    ev = cfg.eval
+    for key in ("metrics", "model_metrics", "lm_eval_tasks"):
+        value = getattr(ev, key)
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise SSUError(f"eval.{key} must be a list of names, e.g. --set eval.{key}=[a,b]; got {value!r}")
+    for name in ev.metrics:
+        get_metric(name)
+    for name in ev.model_metrics:
+        get_model_metric(name)
+    check_config(cfg)
+    if ev.batch_size < 1 or any(v is not None and v < 1 for v in (ev.tokens_per_batch, ev.lm_eval_limit)):
+        raise SSUError("eval.batch_size, eval.tokens_per_batch and eval.lm_eval_limit must be >= 1")
+    if ev.lm_eval_include is not None and not Path(ev.lm_eval_include).is_dir():
+        raise SSUError(f"eval.lm_eval_include: {ev.lm_eval_include} is not a directory")
 
 
 def environment() -> dict[str, str]:

@@ -105,6 +105,10 @@ def test_retrain_reference_adds_rows_and_gaps(compared, synthetic_world):
     ref = rows[(2, "retrain")]
     for m in ("ssu", "ga"):
         assert rows[(2, m)]["gap_to_retrain"] == pytest.approx(rows[(2, m)]["forget"] - ref["forget"])
+        # PrivLeak in MUSE's orientation (AUC = 1 - ours) against the reference's AUC
+        a, a_ref = rows[(2, m)]["mia_auc"], ref["mia_auc"]
+        assert rows[(2, m)]["priv_leak"] == pytest.approx(((1 - a) - (1 - a_ref)) / (1 - a_ref) * 100)
+    assert ref["priv_leak"] == 0.0
     record = load_record(cc.out / "retrain" / "step_2" / "model")
     assert record["excluded_books"] == ["synth_01", "synth_02"]
     assert record["source_model"] == synthetic_world.memorize_record["source_model"]
@@ -112,7 +116,8 @@ def test_retrain_reference_adds_rows_and_gaps(compared, synthetic_world):
     assert record["n_windows"] == synthetic_world.memorize_record["n_windows"] - 12  # 6 windows per book
     # Never trained on books 1-2, the reference does not reproduce them; it still has the retain book.
     assert ref["forget"] < 0.5 and ref["earlier"] < 0.5 and ref["retained"] >= 0.9
-    assert "| retrain |" in (cc.out / "comparison.md").read_text()
+    md = (cc.out / "comparison.md").read_text()
+    assert "| retrain |" in md and "PrivLeak %" in md
 
 
 def test_changed_config_for_an_existing_run_is_refused(compared):

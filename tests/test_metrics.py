@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 
 import ssu.metrics as M
 from ssu.metrics import registry
-from ssu.metrics.minhash import minhash_jaccard, shingle_jaccard, shingles
+from ssu.metrics.jaccard import shingle_jaccard, shingles
 
 SENTENCE = "It was the best of times, it was the worst of times, it was the age."
 REF_CAT = "the cat sat on the mat"
@@ -26,7 +23,7 @@ def test_all_builtin_metrics_registered_sorted_and_higher_is_better():
         "rouge1_f", "rouge1_recall", "rougeL_f", "rougeL_recall",
         "rouge1_f_unicode", "rouge1_recall_unicode", "rougeL_f_unicode", "rougeL_recall_unicode",
         "lcs_chars", "lcs_words", "acs_words", "levenshtein_similarity",
-        "verbatim_8gram", "verbatim_4gram", "minhash_jaccard",
+        "verbatim_8gram", "verbatim_4gram", "shingle_jaccard",
     }  # fmt: skip
     assert set(names) == expected
     assert names == sorted(names)
@@ -181,23 +178,12 @@ def test_kernels_match_brute_force():
         assert M.longest_common_substring_chars(a, b) == naive_substring(a, b)
 
 
-def test_shingle_jaccard_and_minhash():
+def test_shingle_jaccard():
     # {abc, bcd} vs {abc, bce}: 1 shared of 3 distinct -> 1/3.
     assert shingles("abcd") == {"abc", "bcd"}
     assert shingle_jaccard("abcd", "abce") == pytest.approx(1 / 3)
-    assert minhash_jaccard("aaaa", "bbbb") == 0.0
-    a = SENTENCE
-    b = "It was the best of days, it was the worst of nights, it was an age of folly."
-    # 128 hashes: standard error <= 0.5 / sqrt(128) ~ 0.044; allow ~3 SE.
-    assert abs(minhash_jaccard(a, b) - shingle_jaccard(a, b)) < 0.15
-    # Same value in a process with another str-hash seed (no Python hash() inside).
-    code = (
-        f"from ssu.metrics.minhash import minhash_jaccard as m; print(m({a!r}, {b!r}))"
-    )
-    env = dict(os.environ, PYTHONHASHSEED="12345")
-    cmd = [sys.executable, "-c", code]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    assert float(out.stdout) == minhash_jaccard(a, b)
+    assert shingle_jaccard("aaaa", "bbbb") == 0.0 and shingle_jaccard("ab", "ab") == 0.0
+    assert M.get_metric("shingle_jaccard")("The cat sat.", "the cat, sat") == 1.0
 
 
 def test_aggregate():

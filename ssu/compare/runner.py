@@ -9,7 +9,10 @@ after a crash (or with a method added) and redoes only what is missing. With
 memorized without the removed books (``OUT/retrain/step_T``, see ssu.compare.retrain).
 
 The summary -- ``OUT/comparison.md``, ``OUT/comparison.json`` and two PNGs -- is
-computed from the runs' ``results.jsonl`` and manifests only.
+computed from the runs' ``results.jsonl`` and manifests only. Which sets are
+"retained" or "held out" is read from the evaluation-set registry (their goals), and
+every lm-eval metric the runs have becomes a column. With the retrain reference, each
+method and step also gets MUSE's PrivLeak (see :func:`priv_leak_vs_retrain`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ COLUMNS = [
     ("retained", "retained ROUGE-L", "{:.3f}"),
     ("heldout_ppl", "held-out ppl", "{:.2f}"),
     ("retained_ppl", "retained ppl", "{:.2f}"),
+    ("mia_auc", "MIA AUC (loss)", "{:.3f}"),
+    ("priv_leak", "PrivLeak %", "{:+.1f}"),
     ("seconds", "time (s)", "{:.1f}"),
     ("gap_to_retrain", "gap to retrain", "{:+.3f}"),
 ]
@@ -155,35 +160,66 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize_results(results: list[dict], step: int) -> dict[str, float | None]:
-    """Forget / earlier-forgotten / retained ROUGE-L (means over books) and held-out perplexity."""
+def summarize_results(results: list[dict], step: int, goals: dict[str, str | None] | None = None
+                      ) -> dict[str, float | None]:
+    """Forget / earlier-forgotten / retained ROUGE-L (means over books), perplexities, the loss
+    MIA AUC and every lm-eval metric, after ``step``; "retained" and "held out" are the sets
+    whose goal is keep and unseen."""
+    from ssu.eval.model_metrics.lm_eval import PREFIX
+    from ssu.eval.model_metrics.mia import SET as MIA_SET
+    from ssu.eval.sets import set_goals
+
+    goals = goals if goals is not None else set_goals()
+    keep = tuple(s for s, g in goals.items() if g == "keep")
+    unseen = tuple(s for s, g in goals.items() if g == "unseen")
+
     def vals(metric: str, sets: tuple[str, ...]) -> list[float]:
         return [r["value"] for r in results
                 if r["step"] == step and r["metric"] == metric and r["set"] in sets and r["book"] != "*"]
 
+    whole = {r["metric"]: r["value"] for r in results if r["step"] == step and r["book"] == "*"
+             and (r["metric"].startswith(PREFIX) or (r["metric"] == "mia_auc_loss" and r["set"] == MIA_SET))}
     return {"forget": _mean(vals(METRIC, ("removed-now",))),
             "earlier": _mean(vals(METRIC, ("removed-earlier",))),
-            "retained": _mean(vals(METRIC, ("retain", "future"))),
-            "heldout_ppl": _mean(vals("perplexity", ("heldout",))),
+            "retained": _mean(vals(METRIC, keep)),
+            "heldout_ppl": _mean(vals("perplexity", unseen)),
             # the utility signal left when a layout has no held-out text (Gutenberg protocol)
-            "retained_ppl": _mean(vals("perplexity", ("retain", "future")))}
+            "retained_ppl": _mean(vals("perplexity", keep)),
+            "mia_auc": whole.pop("mia_auc_loss", None),
+            **dict(sorted(whole.items()))}
+
+
+def priv_leak_vs_retrain(auc: float | None, auc_retrain: float | None) -> float | None:
+    """MUSE's PrivLeak (%) of a model against the retrain reference, from our loss MIA AUCs.
+
+    Our AUC counts a lower loss as "member" (ssu.metrics.privacy); MUSE's is
+    P(forget loss > held-out loss), i.e. 1 - ours (ties count half in both), so
+    PrivLeak = (AUC_MUSE - AUC_MUSE,retrain) / AUC_MUSE,retrain x 100: near 0 is ideal,
+    strongly negative = still memorized, strongly positive = over-unlearned.
+    """
+    from ssu.metrics import priv_leak
+
+    if auc is None or auc_retrain is None or auc_retrain >= 1.0:
+        return None
+    return priv_leak(1.0 - auc, 1.0 - auc_retrain)
 
 
 def collect(cc: CompareConfig) -> dict[str, Any]:
     """Summary rows per (step, method), the retrain rows, and the memorized model at step 0."""
     from ssu.compare.retrain import EVAL
     from ssu.eval.evaluate import load_results
+    from ssu.eval.sets import set_goals
 
     rows, base = [], None
     for method in cc.methods:
         run = RunDir(cc.run_dir(method))
-        results, steps = load_results(run.path), run.manifest["steps"]
+        results, steps, goals = load_results(run.path), run.manifest["steps"], set_goals(run.config)
         if base is None:
-            s0 = summarize_results(results, 0)
+            s0 = summarize_results(results, 0, goals)
             base = {"memorized": s0["retained"], "heldout_ppl": s0["heldout_ppl"]}
         for t in cc.steps:
             if str(t) in steps:
-                rows.append({"step": t, "method": method, **summarize_results(results, t),
+                rows.append({"step": t, "method": method, **summarize_results(results, t, goals),
                              "seconds": steps[str(t)]["timings"]["total_seconds"]})
     if cc.retrain:
         from ssu.models.memorize import load_record
@@ -191,13 +227,23 @@ def collect(cc: CompareConfig) -> dict[str, Any]:
         for t in cc.steps:
             ref = cc.out / RETRAIN / f"step_{t}"
             if (ref / EVAL / CONFIG).is_file():
-                rows.append({"step": t, "method": RETRAIN, **summarize_results(load_results(ref / EVAL), t),
+                rows.append({"step": t, "method": RETRAIN,
+                             **summarize_results(load_results(ref / EVAL), t, set_goals(RunDir(ref / EVAL).config)),
                              "seconds": load_record(ref / "model").get("seconds")})
-    refs = {r["step"]: r["forget"] for r in rows if r["method"] == RETRAIN}
+    refs = {r["step"]: r for r in rows if r["method"] == RETRAIN}
     for r in rows:
-        ref = refs.get(r["step"])
-        r["gap_to_retrain"] = None if ref is None or r["forget"] is None else r["forget"] - ref
+        ref = refs.get(r["step"], {})
+        r["gap_to_retrain"] = None if ref.get("forget") is None or r["forget"] is None else r["forget"] - ref["forget"]
+        r["priv_leak"] = priv_leak_vs_retrain(r.get("mia_auc"), ref.get("mia_auc"))
     return {"base": base or {}, "rows": rows}
+
+
+def columns(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The fixed columns, then one per lm-eval metric any row has."""
+    from ssu.eval.model_metrics.lm_eval import PREFIX
+
+    extra = sorted({k for r in summary["rows"] for k in r if k.startswith(PREFIX)})
+    return COLUMNS + [(k, k.removeprefix(PREFIX), "{:.3f}") for k in extra]
 
 
 def format_table(summary: dict[str, Any], books: dict[int, list[str]] | None = None) -> str:
@@ -206,13 +252,14 @@ def format_table(summary: dict[str, Any], books: dict[int, list[str]] | None = N
     if base.get("memorized") is not None:
         ppl = "" if base.get("heldout_ppl") is None else f", held-out perplexity {base['heldout_ppl']:.2f}"
         lines += [f"Memorized model (step 0): mean ROUGE-L {base['memorized']:.3f} over the books{ppl}.", ""]
+    cols = columns(summary)
     for t in sorted({r["step"] for r in summary["rows"]}):
         removed = f" (removed: {', '.join(books[t])})" if books and t in books else ""
         lines += [f"## After step {t}{removed}", "",
-                  "| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-                  "|---|" + "---:|" * len(COLUMNS)]
+                  "| method | " + " | ".join(h for _, h, _ in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
         for r in [r for r in summary["rows"] if r["step"] == t]:
-            cells = ["—" if r[k] is None else fmt.format(r[k]) for k, _, fmt in COLUMNS]
+            cells = ["—" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in cols]
             lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

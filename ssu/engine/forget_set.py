@@ -67,10 +67,10 @@ def build_forget_set(
     max_length: int = 512,
 ) -> ForgetSet:
     """Tokenize the windows of step ``step`` (and their random-label pairs)."""
-    from data_prep import load_schedule, load_windows
+    from data_prep import load_schedule, read_window_rows
 
     books = schedule_books(load_schedule(prepared_dir), step)
-    rows = load_windows(prepared_dir).to_list()
+    rows = read_window_rows(prepared_dir)
     windows = [w for w in rows if w["role"] == "forget" and w["book"] in books]
     if not windows:
         raise SSUError(f"step {step} has no windows in {prepared_dir}")

@@ -1,10 +1,26 @@
-"""Batched greedy continuation with a KV cache.
+"""Batched greedy continuation with a KV cache, without compilation stalls.
 
 Prompts are sorted by length and batched with left padding (and the matching
 attention mask), so each batch pads little and the newest token of every row sits
 in the last column, where ``generate`` reads the next-token logits. Greedy decoding
 is deterministic, and batching does not change which tokens are produced (tested
-against one-prompt-at-a-time generation).
+against one-prompt-at-a-time generation, with either cache).
+
+Which KV cache (``cache="auto"``): transformers compiles the forward pass whenever
+``generate`` runs with a compileable cache (the static one) on CUDA, XPU, TPU or
+Neuron, once per new batch shape -- and every evaluation meets new shapes (the last
+partial batch, a different longest prompt or budget). On one H100 (8B shape, 64
+prompts) that made the first call 89.7 s against 27.2 s with the dynamic cache; warm
+calls were 5.0 s and 12.0 s, but each ``ssu eval`` is a fresh process that pays the
+first call. Bucketing shapes would still pay one compilation per bucket, so on an
+accelerator ``auto`` takes the **dynamic cache**, which transformers never compiles.
+On a CPU transformers never compiles either, and the pre-allocated static cache was
+measured ~15 % faster at batch 32 (no per-token concatenation of keys and values), so
+``auto`` keeps it there.
+
+Batch size: at most ``batch_size`` prompts, and, with ``tokens_per_batch``, at most
+that many tokens of (longest padded prompt + largest budget) x rows -- the KV cache
+and activations scale with it, so one budget fits short and long prompts alike.
 """
 
 from __future__ import annotations
@@ -16,6 +32,8 @@ from tqdm.auto import tqdm
 
 from ssu.engine.encoding import encode_pair
 
+CACHES = ("auto", "static", "dynamic")
+
 
 @torch.no_grad()
 def greedy_generate(
@@ -25,6 +43,8 @@ def greedy_generate(
     max_new_tokens: int | Sequence[int],
     batch_size: int = 32,
     progress: bool = False,
+    tokens_per_batch: int | None = None,
+    cache: str = "auto",
 ) -> list[list[int]]:
     """Greedy-decode a continuation for each tokenized prompt.
 
@@ -33,6 +53,11 @@ def greedy_generate(
         max_new_tokens: one budget for all prompts, or one per prompt (e.g. the
             reference continuation's length); a batch decodes to its largest budget
             and each row is cut to its own.
+        batch_size: most prompts per batch.
+        tokens_per_batch: if set, also at most this many (padded prompt + budget)
+            tokens per batch; a prompt that alone exceeds it is decoded alone.
+        cache: ``"auto"`` (static on a CPU, dynamic elsewhere; see the module
+            docstring), ``"static"`` or ``"dynamic"``.
     Returns:
         the generated token ids per prompt (prompt excluded), in input order.
     """
@@ -40,7 +65,11 @@ def greedy_generate(
     budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != n:
         raise ValueError("need one max_new_tokens per prompt")
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
     device = next(model.parameters()).device
+    if cache == "auto":
+        cache = "static" if device.type == "cpu" else "dynamic"
     pad_id = tokenizer.pad_token_id
     order = sorted(range(n), key=lambda i: (len(prompts[i]), i))
     out: list[list[int]] = [[] for _ in range(n)]
@@ -49,8 +78,8 @@ def greedy_generate(
     limit = getattr(model.config, "max_position_embeddings", None)
     batches = [
         part
-        for i in range(0, n, batch_size)
-        for part in _fit_positions(order[i : i + batch_size], prompts, budgets, limit)
+        for group in _token_batches(order, prompts, budgets, batch_size, tokens_per_batch)
+        for part in _fit_positions(group, prompts, budgets, limit)
     ]
     for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
         width = max(len(prompts[i]) for i in batch)
@@ -63,7 +92,7 @@ def greedy_generate(
         budget = max(budgets[i] for i in batch)
         if budget <= 0:
             continue
-        cfg = _greedy_config(model, tokenizer, budget)
+        cfg = _greedy_config(model, tokenizer, budget, cache)
         try:
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
         except ValueError:  # this architecture has no static cache: the default cache is as correct
@@ -74,6 +103,25 @@ def greedy_generate(
             out[i] = _strip_after_eos(new[row][: budgets[i]], cfg.eos_token_id)
     model.train(was_training)
     return out
+
+
+def _token_batches(order: list[int], prompts, budgets: list[int], batch_size: int,
+                   tokens_per_batch: int | None) -> list[list[int]]:
+    """Cut the length-sorted ``order`` into batches of <= batch_size rows and <= the token budget."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    width = budget = 0
+    for i in order:
+        w, b = max(width, len(prompts[i])), max(budget, budgets[i])
+        full = len(cur) >= batch_size or (tokens_per_batch is not None and (len(cur) + 1) * (w + b) > tokens_per_batch)
+        if cur and full:
+            batches.append(cur)
+            cur, w, b = [], len(prompts[i]), budgets[i]
+        cur.append(i)
+        width, budget = w, b
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def _fit_positions(batch: list[int], prompts, budgets: list[int], limit: int | None) -> list[list[int]]:
@@ -98,6 +146,7 @@ def generate_continuations(
     batch_size: int = 32,
     max_length: int = 512,
     progress: bool = False,
+    tokens_per_batch: int | None = None,
 ) -> list[str]:
     """Greedy continuation text for each window's prompt (memorization setting).
 
@@ -112,11 +161,12 @@ def generate_continuations(
         [len(e.continuation_ids) for e in encoded],
         batch_size=batch_size,
         progress=progress,
+        tokens_per_batch=tokens_per_batch,
     )
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
 
-def _greedy_config(model, tokenizer, budget: int):
+def _greedy_config(model, tokenizer, budget: int, cache: str = "static"):
     # A fresh config, so sampling knobs (temperature, top_p, repetition penalty)
     # that a model ships in its generation_config cannot leak into greedy decoding.
     from transformers import GenerationConfig
@@ -131,9 +181,8 @@ def _greedy_config(model, tokenizer, budget: int):
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
-        # A pre-allocated cache: no per-token concatenation of every layer's keys and
-        # values (measured ~15 % faster on a CPU at batch 32).
-        cache_implementation="static",
+        # static: pre-allocated (faster on a CPU); None: the dynamic cache, never compiled.
+        cache_implementation="static" if cache == "static" else None,
     )
 
 

@@ -2,7 +2,10 @@
 
 Reads only ``RUN_DIR/results.jsonl`` (written by ``ssu eval``), so a report can be
 redrawn at any time without a model. Books are listed in removal order, then
-retain books, then held-out text; each cell is the metric after that step.
+retain books, then held-out text and user sets; each cell is the metric after that
+step. Which sets count as removed or retained, how a set is labelled and whether a
+metric is better high or low come from the registries (``ssu.eval.sets``,
+``ssu.eval.model_metrics``, ``ssu.metrics``), never from names written here.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import numpy as np
 
 from data_prep.fsutil import atomic_write_bytes
 from ssu.errors import SSUError
-from ssu.eval.evaluate import REMOVED, load_results
-
-RETAINED = ("retain", "future")
+from ssu.eval.evaluate import load_results
+from ssu.eval.model_metrics import higher_is_better, is_model_metric
+from ssu.eval.sets import SETS, set_goals
 
 
 def _schedule_step(run_dir: Path) -> dict[str, int]:
@@ -25,6 +28,17 @@ def _schedule_step(run_dir: Path) -> dict[str, int]:
 
     steps = load_schedule(RunDir(run_dir).config.data)["steps"]
     return {b: s for s, books in steps.items() for b in books}
+
+
+def _goals(run_dir: Path | None) -> dict[str, str | None]:
+    from ssu.run import RunDir
+
+    return set_goals(RunDir(run_dir).config if run_dir is not None else None)
+
+
+def _arrow(metric: str, row: dict | None = None) -> str:
+    hib = higher_is_better(metric, row)
+    return "" if hib is None else " ↑" if hib else " ↓"
 
 
 def book_matrix(rows: list[dict], metric: str) -> tuple[list[int], list[str], dict[tuple[str, int], float]]:
@@ -57,7 +71,7 @@ def format_matrix(run_dir: str | Path, metric: str = "rougeL_f") -> str:
     step_of = _schedule_step(run_dir)
     sets = {r["book"]: r["set"] for r in rows}
     books = _order_books(books, step_of, sets)
-    width = max([len(b) + 12 for b in books] + [len("perplexity (not yet removed)") + 1])
+    width = max([len(b) + 12 for b in books] + [len("perplexity (not yet removed) ↓") + 1])
     lines = [f"{metric} (rows: books; columns: after step; * = removed at or before that step)",
              f"{'book':<{width}}" + "".join(f"{'step ' + str(s):>10}" for s in steps)]
     for b in books:
@@ -69,34 +83,57 @@ def format_matrix(run_dir: str | Path, metric: str = "rougeL_f") -> str:
             cellstr += f"{'-':>10}" if v is None else f"{v:>9.3f}{mark}"
         lines.append(f"{label:<{width}}{cellstr}")
     lines.append("")
-    lines.append(f"{'utility':<{width}}" + "".join(f"{'step ' + str(s):>10}" for s in steps))
-    for name, values in utility_by_step(rows).items():
+    lines.append(f"{'utility, privacy (↑/↓: higher/lower is better)':<{width}}"
+                 + "".join(f"{'step ' + str(s):>14}" for s in steps))
+    errors = utility_stderr(rows)
+    for name, values in utility_by_step(rows, _goals(run_dir)).items():
+        err = errors.get(name, {})
         lines.append(f"{name:<{width}}" + "".join(
-            f"{values[s]:>10.4g}" if s in values else f"{'-':>10}" for s in steps))
+            f"{'-':>14}" if s not in values else f"{values[s]:>8.3f}±{err[s]:<5.3f}" if s in err
+            else f"{values[s]:>14.4g}" for s in steps))
     return "\n".join(lines)
 
 
-def utility_by_step(rows: list[dict]) -> dict[str, dict[int, float]]:
-    """Perplexity (mean over books) on held-out, retain and not-yet-removed books, and MIA AUC, per step."""
+def utility_by_step(rows: list[dict], goals: dict[str, str | None] | None = None) -> dict[str, dict[int, float]]:
+    """Model-level metrics per step: per-book ones (perplexity) as the mean over the books of
+    each kept or unseen set, whole-model ones (MIA AUCs, lm-eval tasks) as they are."""
+    goals = goals if goals is not None else set_goals()
     out: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        # "future" = books not removed yet: the only utility signal when a layout has
-        # no retain or held-out books (as the public Gutenberg protocol).
-        if r["metric"] == "perplexity" and r["set"] in ("heldout", "retain", "future"):
-            label = "not yet removed" if r["set"] == "future" else r["set"]
-            out.setdefault(f"perplexity ({label})", {}).setdefault(r["step"], []).append(r["value"])
-        elif r["metric"] == "mia_auc_loss":
-            out.setdefault("MIA AUC (loss)", {}).setdefault(r["step"], []).append(r["value"])
+        if not is_model_metric(r["metric"]):
+            continue
+        if r["book"] == "*":
+            label = r["metric"] + _arrow(r["metric"], r)
+        elif goals.get(r["set"]) in ("keep", "unseen"):
+            # "future" = books not removed yet: the only utility signal when a layout has
+            # no retain or held-out books (as the public Gutenberg protocol).
+            set_label = SETS.get(r["set"]).label if r["set"] in SETS else r["set"]
+            label = f"{r['metric']} ({set_label}){_arrow(r['metric'], r)}"
+        else:
+            continue
+        out.setdefault(label, {}).setdefault(r["step"], []).append(r["value"])
     return {k: {s: float(np.mean(v)) for s, v in d.items()} for k, d in out.items()}
 
 
-def group_means(rows: list[dict], metric: str) -> dict[int, dict[str, float]]:
-    """Per step: mean metric over removed books and over retained (retain + not yet removed) books."""
+def utility_stderr(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """Standard errors of whole-model rows that carry one (lm-eval), keyed as utility_by_step."""
+    out: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["book"] == "*" and r.get("stderr") is not None:
+            out.setdefault(r["metric"] + _arrow(r["metric"], r), {})[r["step"]] = r["stderr"]
+    return out
+
+
+def group_means(rows: list[dict], metric: str,
+                goals: dict[str, str | None] | None = None) -> dict[int, dict[str, float]]:
+    """Per step: mean metric over the books of forget-goal sets ("removed") and of keep-goal sets ("retained")."""
+    goals = goals if goals is not None else set_goals()
     acc: dict[int, dict[str, list[float]]] = {}
     for r in rows:
         if r["metric"] != metric or r["book"] == "*":
             continue
-        group = "removed" if r["set"] in REMOVED else "retained" if r["set"] in RETAINED else None
+        goal = goals.get(r["set"])
+        group = "removed" if goal == "forget" else "retained" if goal == "keep" else None
         if group:
             acc.setdefault(r["step"], {}).setdefault(group, []).append(r["value"])
     return {s: {g: float(np.mean(v)) for g, v in d.items()} for s, d in sorted(acc.items())}
@@ -134,18 +171,18 @@ def write_plots(run_dir: str | Path, metric: str = "rougeL_f") -> list[Path]:
     ax.legend(fontsize=7, loc="best")
     paths.append(save_figure(fig, out_dir / f"memorization_{metric}.png"))
 
-    util = utility_by_step(rows)
+    util = utility_by_step(rows, _goals(run_dir))
     if util:
         fig, ax = plt.subplots(figsize=(6, 3.8))
         for name, vals in util.items():
-            if name.startswith("perplexity"):
+            if name.startswith("perplexity ("):
                 ax.plot(sorted(vals), [vals[s] for s in sorted(vals)], "-o", label=name)
         ax.set(xlabel="after step", ylabel="perplexity", title="Utility", yscale="log")
         ax.set_xticks(steps)
         ax.legend(fontsize=8)
         paths.append(save_figure(fig, out_dir / "utility.png"))
 
-    groups = group_means(rows, metric)
+    groups = group_means(rows, metric, _goals(run_dir))
     pts = [(s, g["removed"], g["retained"]) for s, g in groups.items() if "removed" in g and "retained" in g]
     if pts:
         fig, ax = plt.subplots(figsize=(5, 4.5))

@@ -2,7 +2,7 @@
 
 - Copying metrics, ``fn(prediction, reference) -> float``, registered by name:
   ROUGE (``rouge.py``), common substrings (``substring.py``), edit distance
-  (``levenshtein.py``), verbatim n-grams (``ngram.py``), MinHash (``minhash.py``).
+  (``levenshtein.py``, rapidfuzz), verbatim n-grams (``ngram.py``), shingle Jaccard (``jaccard.py``).
   Importing this package registers them all; use :func:`get_metric`,
   :func:`list_metrics` and :func:`compute`.
 - Membership inference on per-token log-probabilities (``privacy.py``).
@@ -11,10 +11,10 @@
 
 # The metric modules are imported for their registration side effect; the registry
 # is the public way to reach them, a few helpers are re-exported for direct use.
-from ssu.metrics import levenshtein, minhash, ngram, rouge, substring  # noqa: F401
+from ssu.metrics import jaccard, levenshtein, ngram, rouge, substring  # noqa: F401
 from ssu.metrics.aggregate import aggregate
+from ssu.metrics.jaccard import shingle_jaccard
 from ssu.metrics.levenshtein import edit_distance
-from ssu.metrics.minhash import shingle_jaccard
 from ssu.metrics.ngram import ngram_overlap
 from ssu.metrics.privacy import loss_score, mia_auc, min_k_score, priv_leak, zlib_score
 from ssu.metrics.registry import (

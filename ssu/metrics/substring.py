@@ -19,6 +19,11 @@ out", so the reference is the fixed denominator; it also keeps the value in [0, 
 whatever the generation length. CoTaEval reports raw lengths; those are available as
 :func:`longest_common_substring_chars`, :func:`longest_common_words` and
 :func:`accumulated_common_words`. An empty side (after normalization) scores 0.0.
+
+Why hand-written: rapidfuzz (used for the edit distance) computes edit distances and
+the longest common *subsequence*, not the longest common *substring*; difflib's
+``find_longest_match`` drops frequent characters as "junk" by default and is quadratic
+in pure Python. The vectorized run search in ``_text.longest_common_run`` is exact.
 """
 
 from __future__ import annotations

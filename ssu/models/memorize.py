@@ -54,9 +54,9 @@ class MemorizeConfig:
 
 
 def memorization_windows(prepared_dir: str | Path, roles=("forget", "retain")) -> list[dict]:
-    from data_prep import load_windows
+    from data_prep import read_window_rows
 
-    return [w for w in load_windows(prepared_dir).to_list() if w["role"] in roles]
+    return [w for w in read_window_rows(prepared_dir) if w["role"] in roles]
 
 
 def rouge_by_book(model, tokenizer, windows: list[dict], max_length: int = 512) -> dict[str, float]:

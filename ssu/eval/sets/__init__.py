@@ -1,0 +1,122 @@
+"""Evaluation sets: which windows are scored after a step, and what should happen to them.
+
+Each set is one registered file here (``register_eval_set``); a config names the sets
+it wants (``eval.sets``) and may add its own from JSON lines files
+(``eval.extra_sets``, see ``user.py``). A set has a *goal* that report, compare and
+the membership-inference metric read instead of hard-coded names:
+
+- ``forget``: must stay forgotten (``removed-now``, ``removed-earlier``);
+  the members of the membership-inference attack;
+- ``keep``: must stay memorized (``retain``, ``future`` = books not yet removed);
+- ``unseen``: never trained on (``heldout``): utility, and MIA's non-members;
+- ``None``: scored and reported, counted in no group (a user set's default).
+
+Windows carry ``book, window, prompt, continuation`` and get ``set`` added; a book
+belongs to one set at a given step.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ssu.eval.registry import Registry, UnknownNameError, unknown_message
+from ssu.eval.sets.base import GOALS, EvalSet, SetContext
+from ssu.eval.sets.user import check_spec, user_set
+
+__all__ = ["GOALS", "SETS", "EvalSet", "SetContext", "configured_sets", "evaluation_windows", "get_eval_set",
+           "list_eval_sets", "register_eval_set", "set_goals"]
+
+SETS: Registry[EvalSet] = Registry("evaluation set")
+
+
+def register_eval_set(name: str, *, goal: str | None, label: str | None = None, description: str = ""):
+    """Decorator registering ``select(ctx) -> windows`` as the evaluation set ``name``."""
+    if goal not in GOALS:
+        raise ValueError(f"goal must be one of {GOALS}, got {goal!r}")
+
+    def decorator(fn):
+        doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+        SETS.add(name, EvalSet(name, fn, goal, label or name, doc))
+        return fn
+
+    return decorator
+
+
+def list_eval_sets() -> list[str]:
+    return SETS.names()
+
+
+def get_eval_set(name: str, config=None) -> EvalSet:
+    """The registered set ``name``, or the user set of that name in ``config.eval.extra_sets``."""
+    extra = dict(config.eval.extra_sets) if config is not None else {}
+    if name in SETS:
+        return SETS.get(name)
+    if name in extra:
+        return user_set(name, extra[name])
+    raise UnknownNameError(unknown_message("evaluation set", name, sorted(SETS.names() + list(extra))))
+
+
+def configured_sets(config) -> list[EvalSet]:
+    """The run's sets: ``eval.sets`` (registered names), then every ``eval.extra_sets`` entry."""
+    return [get_eval_set(n, config) for n in config.eval.sets] + \
+        [get_eval_set(n, config) for n in config.eval.extra_sets]
+
+
+def set_goals(config=None) -> dict[str, str | None]:
+    """Goal of every set a results file can name: the registered ones and the run's own."""
+    goals = {s.name: s.goal for s in SETS}
+    if config is not None:
+        goals.update({n: get_eval_set(n, config).goal for n in config.eval.extra_sets})
+    return goals
+
+
+def check_config(config) -> None:
+    """Fail on an unknown set name or a bad user set (called when a config is validated)."""
+    from ssu.errors import SSUError
+
+    if not isinstance(config.eval.sets, list) or not isinstance(config.eval.extra_sets, dict):
+        raise SSUError("eval.sets must be a list of names and eval.extra_sets a mapping of name to path")
+    for name in config.eval.sets:
+        SETS.get(name)
+    for name, spec in config.eval.extra_sets.items():
+        if name in SETS:
+            raise SSUError(f"eval.extra_sets: {name!r} is a registered evaluation set; choose another name")
+        check_spec(name, spec)
+
+
+def evaluation_windows(run, step: int) -> list[dict]:
+    """Windows to score after ``step``, each tagged with its set; ``eval.max_windows`` per book."""
+    from data_prep import load_schedule
+    from data_prep.store import read_window_rows
+
+    cfg = run.config
+    schedule = load_schedule(cfg.data)
+    ctx = SetContext(step, read_window_rows(cfg.data),
+                     {b: s for s, books in schedule["steps"].items() for b in books}, cfg)
+    by_book: dict[tuple[str, str], list[dict]] = {}
+    for s in configured_sets(cfg):
+        for w in s.select(ctx):
+            by_book.setdefault((s.name, w["book"]), []).append({**w, "set": s.name})
+    rng = random.Random(cfg.seed)
+    out = []
+    # Books in the prepared file's order, each sampled in turn: the same seed keeps
+    # choosing the same windows whichever sets are configured.
+    first = {}
+    for i, w in enumerate(ctx.windows):
+        first.setdefault(w["book"], i)
+    for _, ws in sorted(by_book.items(), key=lambda kv: (first.get(kv[0][1], len(first)), kv[0])):
+        if cfg.eval.max_windows and len(ws) > cfg.eval.max_windows:
+            keep = sorted(rng.sample(range(len(ws)), cfg.eval.max_windows))
+            ws = [ws[i] for i in keep]
+        out.extend(ws)
+    return out
+
+
+def _import_builtins() -> None:
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.stem not in ("__init__", "base", "user"):
+            __import__(f"{__name__}.{path.stem}")
+
+
+_import_builtins()
