@@ -23,10 +23,10 @@ from ssu.vectors.compose import load_composed
 
 
 def _nll(model, world, role: str, book: str | None = None) -> float:
-    from data_prep import load_windows
+    from data_prep import read_window_rows
 
     tok = load_tokenizer(str(world.memorized))
-    rows = [w for w in load_windows(world.prepared).to_list() if w["role"] == role and book in (None, w["book"])]
+    rows = [w for w in read_window_rows(world.prepared) if w["role"] == role and book in (None, w["book"])]
     enc = [(encode_pair(tok, w["prompt"], w["continuation"], 512), LEARN) for w in rows]
     with torch.no_grad():
         batch = make_batch(enc, tok.pad_token_id)

@@ -95,6 +95,9 @@ def main() -> None:
     ap.add_argument("--books", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data/gutenberg")
     ap.add_argument("--out", type=Path, default=Path("runs/pretrained_world"))
     ap.add_argument("--max-words", type=int, default=1000)
+    # 50 + 50 words (~200 tokens) fit the CPU-size model's 256-token context; the reference
+    # protocol's 100 + 100 (~390 tokens) would run past every position it was pretrained on.
+    ap.add_argument("--window-words", type=int, default=50, help="prompt words = continuation words")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--methods", nargs="+", default=["ssu", "ssu-stable"])
     ap.add_argument("--memorize", nargs=argparse.REMAINDER, default=[],
@@ -107,7 +110,8 @@ def main() -> None:
     layout = books_layout(args.out, args.books, args.extra)
     prepared, memorized = args.out / "prepared", args.out / "memorized"
     if not prepared.exists():
-        ssu("prepare", str(layout), str(prepared), "--max-words", str(args.max_words))
+        ssu("prepare", str(layout), str(prepared), "--max-words", str(args.max_words),
+            "--prompt-words", str(args.window_words), "--continuation-words", str(args.window_words))
     if not memorized.exists():
         ssu("memorize", str(args.pretrained), str(prepared), str(memorized), "--generic",
             str(args.corpus / "train"), "--device", "cpu", *args.memorize)

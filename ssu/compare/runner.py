@@ -38,6 +38,7 @@ METRIC = "rougeL_f"
 COLUMNS = [
     ("forget", "forget ROUGE-L", "{:.3f}"),
     ("earlier", "earlier-forgotten ROUGE-L", "{:.3f}"),
+    ("future", "not-yet-removed ROUGE-L", "{:.3f}"),
     ("retained", "retained ROUGE-L", "{:.3f}"),
     ("heldout_ppl", "held-out ppl", "{:.2f}"),
     ("retained_ppl", "retained ppl", "{:.2f}"),
@@ -162,9 +163,11 @@ def _mean(values: list[float]) -> float | None:
 
 def summarize_results(results: list[dict], step: int, goals: dict[str, str | None] | None = None
                       ) -> dict[str, float | None]:
-    """Forget / earlier-forgotten / retained ROUGE-L (means over books), perplexities, the loss
-    MIA AUC and every lm-eval metric, after ``step``; "retained" and "held out" are the sets
-    whose goal is keep and unseen."""
+    """Forget / earlier-forgotten / not-yet-removed / retained ROUGE-L (means over books),
+    perplexities, the loss MIA AUC and every lm-eval metric, after ``step``; "retained" is the
+    sets whose goal is keep other than the books not yet removed (``future``, apart: they are
+    what a protection computed from retain data has not seen), "held out" those whose goal is
+    unseen."""
     from ssu.eval.model_metrics.lm_eval import PREFIX
     from ssu.eval.model_metrics.mia import SET as MIA_SET
     from ssu.eval.sets import set_goals
@@ -181,7 +184,8 @@ def summarize_results(results: list[dict], step: int, goals: dict[str, str | Non
              and (r["metric"].startswith(PREFIX) or (r["metric"] == "mia_auc_loss" and r["set"] == MIA_SET))}
     return {"forget": _mean(vals(METRIC, ("removed-now",))),
             "earlier": _mean(vals(METRIC, ("removed-earlier",))),
-            "retained": _mean(vals(METRIC, keep)),
+            "future": _mean(vals(METRIC, ("future",))),
+            "retained": _mean(vals(METRIC, tuple(k for k in keep if k != "future"))),
             "heldout_ppl": _mean(vals("perplexity", unseen)),
             # the utility signal left when a layout has no held-out text (Gutenberg protocol)
             "retained_ppl": _mean(vals("perplexity", keep)),
@@ -216,7 +220,8 @@ def collect(cc: CompareConfig) -> dict[str, Any]:
         results, steps, goals = load_results(run.path), run.manifest["steps"], set_goals(run.config)
         if base is None:
             s0 = summarize_results(results, 0, goals)
-            base = {"memorized": s0["retained"], "heldout_ppl": s0["heldout_ppl"]}
+            base = {"memorized": s0["future"] if s0["future"] is not None else s0["retained"],
+                    "heldout_ppl": s0["heldout_ppl"]}
         for t in cc.steps:
             if str(t) in steps:
                 rows.append({"step": t, "method": method, **summarize_results(results, t, goals),

@@ -107,7 +107,7 @@ def heldout_perplexity(model, tokenizer, windows: list[dict], max_length: int) -
     """exp of the mean per-window NLL (prompt + continuation), as ``ssu eval``'s perplexity."""
     if not windows:
         return None
-    from ssu.eval.evaluate import token_logprobs
+    from ssu.eval.logprobs import token_logprobs
 
     nll = [float(-lp.mean()) for lp in token_logprobs(model, tokenizer, windows, max_length)]
     return float(np.exp(min(np.mean(nll), 700.0)))
@@ -115,9 +115,9 @@ def heldout_perplexity(model, tokenizer, windows: list[dict], max_length: int) -
 
 def _heldout_sets(prepared_dir, generic) -> dict[str, list[dict]]:
     """Held-out text to measure perplexity on: the prepared heldout books, generic held-out windows."""
-    from data_prep import load_windows
+    from data_prep import read_window_rows
 
-    sets = {"heldout_books": [w for w in load_windows(prepared_dir).to_list() if w["role"] == "heldout"]}
+    sets = {"heldout_books": [w for w in read_window_rows(prepared_dir) if w["role"] == "heldout"]}
     if generic is not None:
         sets["generic"] = generic.heldout
     return {k: v for k, v in sets.items() if v}

@@ -25,11 +25,11 @@ from ssu.engine.regularizers.base import Regularizer, chunk_share, register_regu
 
 def earlier_windows(prepared_dir, step: int) -> list[dict]:
     """The windows of every book the schedule removes before ``step``."""
-    from data_prep import load_schedule, load_windows
+    from data_prep import load_schedule, read_window_rows
 
     steps = load_schedule(prepared_dir)["steps"]
     books = {b for t, bs in steps.items() if int(t) < step for b in bs}
-    return [w for w in load_windows(prepared_dir).to_list() if w["role"] == "forget" and w["book"] in books]
+    return [w for w in read_window_rows(prepared_dir) if w["role"] == "forget" and w["book"] in books]
 
 
 @register_regularizer
