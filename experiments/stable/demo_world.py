@@ -96,6 +96,10 @@ def main() -> None:
     for seed in args.seeds:
         root = Path(args.out) / f"seed{seed}"
         prepared, memorized = world(root, seed)
+        memo = json.loads((memorized / "memorize.json").read_text())
+        if not memo["target_reached"]:  # the absolute goals below then exceed the memorized model itself
+            print(f"seed {seed}: memorization did NOT reach its target after {memo['epochs_run']} epochs "
+                  f"(min ROUGE-L {min(memo['rougeL_by_book'].values()):.2f})", flush=True)
         for method in args.methods:
             run = run_method(root, prepared, memorized, method, seed, args.steps,
                              {} if method == "ssu" else overrides, "" if method == "ssu" else args.tag)
