@@ -97,6 +97,22 @@ def sample(rows: list, n: int, seed: int) -> list:
     return rows[:n]
 
 
+def draw_rows(rows: list, rng: random.Random, n: int | None, batch) -> list:
+    """``n`` rows drawn with replacement for one chunk (``None``: as many as the chunk's forget
+    windows), each as a learning row of its own batch."""
+    k = n or int((batch.group == LEARN).sum())
+    return [(rows[rng.randrange(len(rows))], LEARN) for _ in range(max(k, 1))]
+
+
+def step_retain_fisher(name: str, model, fs, tokenizer, windows: int, seed: int) -> tuple[dict, int]:
+    """The retain Fisher of a full fine-tune's step at θ_{t−1}, from ``windows`` retain rows;
+    one-line errors for a LoRA step or a layout without retain books."""
+    require_full(name, model)
+    require_retain(name, fs)
+    rows = sample(fs.retain, windows, seed)
+    return retain_fisher(model, rows, tokenizer.pad_token_id), len(rows)
+
+
 def retain_fisher(model, rows, pad_id: int) -> dict[str, torch.Tensor]:
     """Empirical Fisher of the retain ``rows`` at the model's weights: per trainable weight,
     the mean over rows of g² (g: the gradient of one row's continuation NLL), in float32.

@@ -18,14 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ssu.engine.regularizers.base import (
-    Regularizer,
-    register_regularizer,
-    require_full,
-    require_retain,
-    retain_fisher,
-    sample,
-)
+from ssu.engine.regularizers.base import Regularizer, register_regularizer, step_retain_fisher
 
 
 @register_regularizer
@@ -35,14 +28,11 @@ class FisherDamping(Regularizer):
     needs_retain = True
 
     def prepare(self, model, fs, tokenizer) -> None:
-        require_full(self.name, model)
-        require_retain(self.name, fs)
-        rows = sample(fs.retain, self.cfg.fisher_windows, self.cfg.seed)
-        fisher = retain_fisher(model, rows, tokenizer.pad_token_id)
+        fisher, self.windows = step_retain_fisher(self.name, model, fs, tokenizer, self.cfg.fisher_windows,
+                                                  self.cfg.seed)
         total = sum(float(f.sum(dtype=torch.float64)) for f in fisher.values())
         mean = total / sum(f.numel() for f in fisher.values())
         self.scale = {n: 1.0 / (1.0 + self.cfg.fisher_lambda * f / mean) for n, f in fisher.items()}
-        self.windows = len(rows)
 
     def vector(self, vector, model):
         from ssu.vectors import TaskVector

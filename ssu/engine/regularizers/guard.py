@@ -20,7 +20,7 @@ import random
 
 from ssu.engine.encoding import encode_pair
 from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
-from ssu.engine.regularizers.base import Regularizer, chunk_share, register_regularizer
+from ssu.engine.regularizers.base import Regularizer, chunk_share, draw_rows, register_regularizer
 
 
 def earlier_windows(prepared_dir, step: int) -> list[dict]:
@@ -49,8 +49,7 @@ class PreviouslyRemovedGuard(Regularizer):
     def loss(self, model, batch, reference):
         if not self.rows:
             return batch.input_ids.new_zeros((), dtype=next(model.parameters()).dtype), {}
-        n = self.cfg.guard_windows or int((batch.group == LEARN).sum())
-        rows = [(self.rows[self.rng.randrange(len(self.rows))], LEARN) for _ in range(max(n, 1))]
+        rows = draw_rows(self.rows, self.rng, self.cfg.guard_windows, batch)
         earlier = make_batch(rows, self.pad_id).to(batch.input_ids.device)
         nll, mask = forward_nll(model, earlier)
         value = group_mean_nll(nll, mask, earlier, LEARN)

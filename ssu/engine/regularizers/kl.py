@@ -21,8 +21,8 @@ import random
 import torch
 import torch.nn.functional as F
 
-from ssu.engine.losses import LEARN, make_batch
-from ssu.engine.regularizers.base import Regularizer, chunk_share, register_regularizer, require_retain
+from ssu.engine.losses import make_batch
+from ssu.engine.regularizers.base import Regularizer, chunk_share, draw_rows, register_regularizer, require_retain
 from ssu.errors import SSUError
 
 
@@ -54,8 +54,7 @@ class RetainKL(Regularizer):
     def loss(self, model, batch, reference):
         if reference is None:
             raise SSUError("regularizer 'kl' needs the reference model theta_(t-1)")
-        n = self.cfg.kl_windows or int((batch.group == LEARN).sum())
-        rows = [(self.rows[self.rng.randrange(len(self.rows))], LEARN) for _ in range(max(n, 1))]
+        rows = draw_rows(self.rows, self.rng, self.cfg.kl_windows, batch)
         kl = continuation_kl(model, reference, make_batch(rows, self.pad_id).to(batch.input_ids.device))
         self.values.append(kl.item())
         return self.cfg.kl_lambda * chunk_share(batch) * kl, {"retain_kl": kl.item()}

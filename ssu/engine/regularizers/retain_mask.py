@@ -18,14 +18,7 @@ Config: ``retain_mask_fraction`` (default 0.05), ``retain_mask_windows`` (retain
 
 from __future__ import annotations
 
-from ssu.engine.regularizers.base import (
-    Regularizer,
-    register_regularizer,
-    require_full,
-    require_retain,
-    retain_fisher,
-    sample,
-)
+from ssu.engine.regularizers.base import Regularizer, register_regularizer, step_retain_fisher
 from ssu.engine.saliency import topk_threshold
 
 
@@ -37,16 +30,13 @@ class RetainMask(Regularizer):
     fsdp = False
 
     def prepare(self, model, fs, tokenizer) -> None:
-        require_full(self.name, model)
-        require_retain(self.name, fs)
-        rows = sample(fs.retain, self.cfg.retain_mask_windows, self.cfg.seed)
-        fisher = retain_fisher(model, rows, tokenizer.pad_token_id)
+        fisher, self.windows = step_retain_fisher(self.name, model, fs, tokenizer,
+                                                  self.cfg.retain_mask_windows, self.cfg.seed)
         threshold = topk_threshold(list(fisher.values()), self.cfg.retain_mask_fraction)
         self.keep = {n: f < threshold for n, f in fisher.items()}
         del fisher
         self.frozen = sum(int((~k).sum()) for k in self.keep.values())
         self.total = sum(k.numel() for k in self.keep.values())
-        self.windows = len(rows)
         self.handles = [p.register_hook(_masker(self.keep[n])) for n, p in model.named_parameters()
                         if p.requires_grad]
 
