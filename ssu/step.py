@@ -145,10 +145,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     early = None
     if cfg.calibrate.early_stop:
         def vector_now():
-            v = _extract_vector(trainable, snapshot, cfg) * float(method.sign)
-            for r in regularizers:
-                v = r.vector(v, trainable)
-            return v
+            return _step_vector(trainable, snapshot, cfg, method.sign, regularizers)
 
         early = EarlyStop(trainable, snapshot, fs, tokenizer, cfg, cfg.seed + step, method.sign, vector_now)
 
@@ -166,9 +163,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         r.finish()
     alpha, calibration = cfg.alpha, None
     with procs.full_parameters(stats.pop("model")) as trained:  # a collective under FSDP
-        vector = _extract_vector(trained, snapshot, cfg) * float(method.sign) if procs.is_main else None
-        for r in regularizers if procs.is_main else ():
-            vector = r.vector(vector, trained)
+        vector = _step_vector(trained, snapshot, cfg, method.sign, regularizers) if procs.is_main else None
         if procs.is_main and cfg.calibrate.enabled:
             calibration = calibrate_step(trained, vector, snapshot, fs, tokenizer, cfg, cfg.seed + step,
                                          method.sign)
@@ -262,6 +257,15 @@ def _checkpointing(model, cfg: RunConfig) -> None:
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _step_vector(model, snapshot, cfg: RunConfig, sign: int, regularizers):
+    """The step's vector as it is calibrated and stored: the change, times the method's sign,
+    through every regularizer's :meth:`vector` (also what early stop tries after each epoch)."""
+    vector = _extract_vector(model, snapshot, cfg) * float(sign)
+    for r in regularizers:
+        vector = r.vector(vector, model)
+    return vector
 
 
 def _extract_vector(model, snapshot, cfg: RunConfig):

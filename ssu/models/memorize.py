@@ -152,7 +152,10 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
     # With every book excluded (a retrain reference after the last step of a layout
     # without retain books) there is nothing to learn: the reference is the source
     # model itself, saved unchanged.
-    encoded = [encode_pair(tokenizer, w["prompt"], w["continuation"], cfg.max_length) for w in windows]
+    def full(w) -> Encoded:  # every token of the window is learned (n_prompt = 0)
+        return Encoded(encode_pair(tokenizer, w["prompt"], w["continuation"], cfg.max_length).ids, 0)
+
+    learn = [full(w) for w in windows]
     eval_windows = _eval_sample(windows, cfg.eval_windows, cfg.seed)
     generic = None
     if cfg.generic_dir is not None:
@@ -164,15 +167,10 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
                                cfg.generic_pool, cfg.heldout_windows, cfg.seed)
     heldout = _heldout_sets(prepared_dir, generic)
     ppl_before = {k: heldout_perplexity(model, tokenizer, v, cfg.max_length) for k, v in heldout.items()}
-
-    def full(w):  # every token of the window is learned
-        return Encoded(encode_pair(tokenizer, w["prompt"], w["continuation"], cfg.max_length).ids, 0)
-
-    learn = [Encoded(e.ids, 0) for e in encoded]
     fs = ForgetSet(step=0, books=sorted({w["book"] for w in windows}), windows=windows, learn=learn,
                    retain=[full(w) for w in generic.train] if generic else [])
     method = _Memorize(cfg.generic_weight if generic else None)
-    n_batches = (len(encoded) + cfg.batch_size - 1) // cfg.batch_size
+    n_batches = (len(learn) + cfg.batch_size - 1) // cfg.batch_size
     warmup = min(10, n_batches * cfg.epochs // 10 + 1)
     history, start = [], time.perf_counter()
     bar = tqdm(total=cfg.epochs, desc="memorize", disable=not progress)
