@@ -90,3 +90,15 @@ def run_dir(init_test_run, tmp_path) -> Callable[..., Path]:
         return init_test_run(tmp_path / name, method, **overrides)
 
     return _make
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port nobody listens on, for a test's process group: a fixed one collides with a
+    previous case's socket still in TIME_WAIT, or with a second test run on the machine
+    (seen: gloo aborts the workers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

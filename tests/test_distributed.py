@@ -29,7 +29,7 @@ ACCELERATE = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.exec
 @pytest.mark.skipif(not os.path.exists(ACCELERATE), reason="accelerate's launcher not installed")
 @pytest.mark.parametrize("train", [{"grad_accum": 2}, {"batch_size": 1, "grad_accum": 1}],
                          ids=["two-windows-each", "one-window-per-step"])
-def test_two_processes_match_one(run_dir, train, tmp_path):
+def test_two_processes_match_one(run_dir, train, tmp_path, free_port):
     single = run_dir(name="single", train=train)
     double = run_dir(name="double", train=train)
     run_step(single, 1, progress=False)
@@ -38,7 +38,7 @@ def test_two_processes_match_one(run_dir, train, tmp_path):
     # processes form a gloo group on the CPU.
     proc = subprocess.run(
         [ACCELERATE, "launch", "--config_file", str(DDP_CONFIG), "--num_processes", "2",
-         "--dynamo_backend", "no", "--main_process_port", "29517",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port),
          "-m", "ssu.cli", "step", str(double), "1", "--no-eval"],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -42,22 +42,13 @@ WORKER = textwrap.dedent("""
     stats = SaliencyMasker("step", k=1.0, density=density, shards=procs)(params)
     save_file({n: p.grad for n, p in params} | {"threshold": torch.tensor([stats["threshold"]], dtype=torch.float64),
               "selected": torch.tensor([stats["selected"]])}, out_path)
+    procs.close()
 """)
-
-
-def _free_port() -> int:
-    """A port nobody listens on: a fixed one collides with a previous case's socket still in
-    TIME_WAIT, or with a second test run on the machine (seen: gloo aborts the workers)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", ["std", "topk"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sharded_mask_equals_single_process_mask(tmp_path, mode, dtype):
+def test_sharded_mask_equals_single_process_mask(tmp_path, free_port, mode, dtype):
     gen = torch.Generator().manual_seed(0)
     # Gradient-like magnitudes: 1e-5 with a heavy tail, so the threshold falls inside the data.
     grads = {n: (torch.randn(s, generator=gen) * 1e-5 * torch.rand(s, generator=gen).pow(-0.5)).to(dtype)
@@ -71,7 +62,7 @@ def test_sharded_mask_equals_single_process_mask(tmp_path, mode, dtype):
     single = SaliencyMasker("step", k=1.0, density=0.05 if mode == "topk" else None)(params)
 
     (tmp_path / "worker.py").write_text(WORKER)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port), "WORLD_SIZE": "2",
            "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "grads.safetensors"),
                                str(tmp_path / f"out{r}.safetensors"), mode],

@@ -146,3 +146,16 @@ class Processes:
     def barrier(self) -> None:
         if self.distributed:
             self.state.wait_for_everyone()
+
+    def close(self) -> None:
+        """Leave the process group together: every process waits for the others, then
+        the group is destroyed. A process that simply exits while its peer's gloo threads
+        still talk to it makes the peer abort ("terminate called without an active
+        exception", seen in the sharded-saliency test); a no-op for one process."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        self.barrier()
+        if dist.is_initialized():
+            self.state.destroy_process_group()
