@@ -191,8 +191,9 @@ def step(run_dir, t, force, no_eval):
     from ssu.step import run_step
 
     entry = run_step(run_dir, t, force=force)
-    from ssu.engine.distributed import is_main_process
+    from ssu.engine.distributed import is_main_process, leave_process_group
 
+    leave_process_group()  # the main process evaluates alone
     if not is_main_process():
         return
     if entry is None:

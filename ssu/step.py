@@ -105,7 +105,6 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     procs = Processes(resolve_device(cfg.device))  # one process, or its place under `accelerate launch`
     if step in run.completed_steps():
         if not force:
-            procs.close()
             return None
         if procs.is_main:
             run.drop_from(step)
@@ -170,7 +169,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
                                          method.sign)
             alpha = calibration["alpha"]
     if not procs.is_main:  # every process holds the same weights; one writes them
-        procs.close()  # waits for the main process's write
+        procs.barrier()
         return run.step_record(step)
 
     metadata = {
@@ -204,7 +203,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     if early is not None:
         entry["early_stop"] = {**early.record(), "epochs_run": early.stopped_at or cfg.train.epochs}
     run.record_step(step, entry)  # last: the step now counts as complete
-    procs.close()
+    procs.barrier()
     return entry
 
 

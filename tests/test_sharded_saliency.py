@@ -26,7 +26,7 @@ WORKER = textwrap.dedent("""
     import sys
     import torch
     from safetensors.torch import load_file, save_file
-    from ssu.engine.distributed import Processes
+    from ssu.engine.distributed import Processes, leave_process_group
     from ssu.engine.saliency import SaliencyMasker
 
     grads_path, out_path, mode = sys.argv[1:4]
@@ -42,7 +42,7 @@ WORKER = textwrap.dedent("""
     stats = SaliencyMasker("step", k=1.0, density=density, shards=procs)(params)
     save_file({n: p.grad for n, p in params} | {"threshold": torch.tensor([stats["threshold"]], dtype=torch.float64),
               "selected": torch.tensor([stats["selected"]])}, out_path)
-    procs.close()
+    leave_process_group()
 """)
 
 

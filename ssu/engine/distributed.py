@@ -147,15 +147,18 @@ class Processes:
         if self.distributed:
             self.state.wait_for_everyone()
 
-    def close(self) -> None:
-        """Leave the process group together: every process waits for the others, then
-        the group is destroyed. A process that simply exits while its peer's gloo threads
-        still talk to it makes the peer abort ("terminate called without an active
-        exception", seen in the sharded-saliency test); a no-op for one process."""
-        if not self.distributed:
-            return
-        import torch.distributed as dist
 
-        self.barrier()
-        if dist.is_initialized():
-            self.state.destroy_process_group()
+def leave_process_group() -> None:
+    """End this process's part in a launched group: wait for every process, then destroy
+    the group. Called where a process's distributed work ends (``ssu step`` after the
+    step), not inside ``run_step``, which a caller may run several times. A process that
+    simply exits while its peer's gloo threads still talk to it makes the peer abort
+    ("terminate called without an active exception", seen in the sharded-saliency test);
+    a no-op for one process."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.use_distributed and dist.is_initialized():
+        state.wait_for_everyone()
+        state.destroy_process_group()
