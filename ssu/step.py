@@ -133,6 +133,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
     trainable, snapshot = _prepare_trainable(model, cfg)
     for r in regularizers:
         r.prepare(trainable, fs, tokenizer)
+    fs.shared.clear()  # the regularizers keep what they need
     if any(r.has_loss for r in regularizers):
         method = Regularized(method, regularizers)
     reference = None

@@ -78,6 +78,28 @@ def test_retain_mask_freezes_exactly_the_top_fisher_weights(run_dir, synthetic_w
     assert hurt["mask"] < hurt["plain"]
 
 
+def test_fisher_and_retain_mask_take_the_retain_fisher_once(run_dir, monkeypatch):
+    """Together they share one Fisher (same windows, same seed) and make the same vector as
+    when each takes its own."""
+    from ssu.engine.regularizers import base
+
+    both = {"regularizers": ["fisher", "retain-mask"], "retain_mask_fraction": 0.2}
+    shared, alone = run_dir(name="shared", **both), run_dir(name="alone", **both)
+    calls = []
+    real = base.retain_fisher
+    monkeypatch.setattr(base, "retain_fisher", lambda *a: calls.append(1) or real(*a))
+    run_step(shared, 1, progress=False)
+    assert len(calls) == 1
+    monkeypatch.setattr(base, "step_retain_fisher", lambda name, model, fs, tok, windows, seed: (
+        real(model, base.sample(fs.retain, windows, seed), tok.pad_token_id), min(windows, len(fs.retain))))
+    for module in ("fisher", "retain_mask"):  # their own imported name
+        monkeypatch.setattr(f"ssu.engine.regularizers.{module}.step_retain_fisher", base.step_retain_fisher)
+    run_step(alone, 1, progress=False)
+    a, _ = load_vector(RunDir(shared).vector_path(1))
+    b, _ = load_vector(RunDir(alone).vector_path(1))
+    assert all(torch.equal(a[k], b[k]) for k in a.keys())
+
+
 def test_guard_pushes_the_earlier_book_further_and_leaves_step_one_alone(run_dir, synthetic_world):
     runs = {"plain": run_dir(name="plain"), "guard": run_dir(name="guard", regularizers=["guard"], guard_weight=1.0)}
     for t in (1, 2):

@@ -26,6 +26,9 @@ class ForgetSet:
     learn: list[Encoded]
     random: list[list[Encoded]] = field(default_factory=list)  # per window, K pairs
     retain: list[Encoded] = field(default_factory=list)
+    # What the step's regularizers compute once and share while they prepare (the retain
+    # Fisher that fisher and retain-mask both take); emptied before training.
+    shared: dict = field(default_factory=dict, repr=False)
 
 
 def random_label_partners(books: list[str], k: int, seed: int) -> list[list[int]]:

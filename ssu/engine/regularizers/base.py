@@ -106,11 +106,19 @@ def draw_rows(rows: list, rng: random.Random, n: int | None, batch) -> list:
 
 def step_retain_fisher(name: str, model, fs, tokenizer, windows: int, seed: int) -> tuple[dict, int]:
     """The retain Fisher of a full fine-tune's step at θ_{t−1}, from ``windows`` retain rows;
-    one-line errors for a LoRA step or a layout without retain books."""
+    one-line errors for a LoRA step or a layout without retain books.
+
+    Taken once per (windows, seed) and step: ``fisher`` and ``retain-mask`` together would
+    otherwise run the same backwards twice and hold two float32 copies (``fs.shared``,
+    emptied by the step before training). Callers must not modify the tensors.
+    """
     require_full(name, model)
     require_retain(name, fs)
-    rows = sample(fs.retain, windows, seed)
-    return retain_fisher(model, rows, tokenizer.pad_token_id), len(rows)
+    key = ("retain_fisher", windows, seed)
+    if key not in fs.shared:
+        rows = sample(fs.retain, windows, seed)
+        fs.shared[key] = retain_fisher(model, rows, tokenizer.pad_token_id), len(rows)
+    return fs.shared[key]
 
 
 def retain_fisher(model, rows, pad_id: int) -> dict[str, torch.Tensor]:
