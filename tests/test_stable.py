@@ -100,7 +100,7 @@ def test_unknown_regularizer_is_a_one_line_error_with_a_suggestion(run_dir):
 
 def test_the_stable_recipe_is_written_into_the_config(run_dir):
     cfg = json.loads((run_dir(method="ssu-stable", fisher_lambda=3.0) / "config.json").read_text())["config"]
-    assert cfg["regularizers"] == ["fisher"] and cfg["calibrate"]["enabled"] is True
+    assert cfg["regularizers"] == ["fisher", "retain-mask"] and cfg["calibrate"]["enabled"] is True
     assert cfg["calibrate"]["fraction"] == 0.45 and cfg["fisher_lambda"] == 3.0  # the user's key wins
 
 
