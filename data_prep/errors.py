@@ -11,9 +11,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ssu.errors import SSUError
 
-class PrepError(ValueError):
-    """Bad input to data preparation; the message is one line and names the culprit."""
+
+class PrepError(SSUError, ValueError):
+    """Bad input to data preparation; the message is one line and names the culprit.
+
+    An :class:`~ssu.errors.SSUError` like every user-facing error of the toolkit, so the
+    CLI prints it the same way; a ``ValueError`` for callers that catch bad values."""
 
     def __init__(self, message: str) -> None:
         # Guarantee the one-line contract even if a path or decoded snippet

@@ -25,7 +25,7 @@ import textwrap
 from pathlib import Path
 
 from data_prep.errors import PrepError, out_dir_exists
-from data_prep.fsutil import atomic_dir, atomic_write_text
+from ssu.io import atomic_dir, atomic_write_text
 
 # Every word of a synthetic book that is not invented comes from this set
 # (tests use it to compare the invented vocabularies of two books).

@@ -18,11 +18,9 @@ class _Group(click.Group):
     """Turn user-facing errors into one line on stderr and exit status 1."""
 
     def invoke(self, ctx):
-        from data_prep import PrepError
-
         try:
             return super().invoke(ctx)
-        except (SSUError, PrepError, FileExistsError) as e:
+        except (SSUError, FileExistsError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if isinstance(e, FileExistsError):
                 msg = f"{e.filename or msg} already exists"
@@ -131,10 +129,11 @@ def tiny_model(prepared_dir, out_dir, arch, size, vocab_size, max_positions, see
 @click.option("--overwrite", is_flag=True)
 def memorize(model, prepared_dir, out_dir, overwrite, **opts):
     """Fine-tune MODEL on every scheduled and retain book: the target unlearning starts from."""
-    from ssu.models.memorize import MemorizeConfig
-    from ssu.models.memorize import memorize as run
+    from ssu.config import load
+    from ssu.recipes.memorize import MemorizeConfig
+    from ssu.recipes.memorize import memorize as run
 
-    record = run(model, prepared_dir, out_dir, MemorizeConfig(**opts), overwrite=overwrite)
+    record = run(model, prepared_dir, out_dir, load(MemorizeConfig, opts, where="ssu memorize"), overwrite=overwrite)
     scores = record["rougeL_by_book"]
     for book, v in sorted(scores.items()):
         click.echo(f"  {book:<32} ROUGE-L {v:.3f}")
@@ -163,22 +162,25 @@ def _parse_alphas(items) -> dict[int, float]:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--model", help="Base (memorized) model: local directory or hub id.")
 @click.option("--data", type=click.Path(file_okay=False), help="Prepared directory (`ssu prepare`).")
-@click.option("--method", default=None, help="Unlearning method (default ssu); see `ssu methods`.")
+@click.option("--method", default=None, help="Unlearning method or preset (default ssu); see `ssu list methods` "
+              "and `ssu list presets`.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of config keys.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=1e-4.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. train.lr=1e-4, method.args.epsilon=0, regularizers=[fisher].")
 @click.option("--overwrite", is_flag=True, help="Start the run directory over.")
 def init(run_dir, model, data, method, config_file, sets, overwrite):
     """Create RUN_DIR with the fully resolved config (every hyperparameter, seed, versions)."""
-    from ssu.config import load_yaml, merge, parse_set
-    from ssu.step import init_run
+    from ssu.config import load_yaml, parse_set
+    from ssu.recipes.components import method_label
+    from ssu.recipes.init import init_run
 
     overrides = load_yaml(config_file) if config_file else {}
-    overrides = merge(overrides, parse_set(list(sets)))
     for key, value in (("model", model), ("data", data), ("method", method)):
         if value is not None:
             overrides[key] = value
-    cfg = init_run(run_dir, overrides, overwrite=overwrite)
-    click.echo(f"initialised {run_dir}: method {cfg.method}, {cfg.train.finetune} fine-tune, lr {cfg.train.lr:g}")
+    cfg = init_run(run_dir, overrides, overwrite=overwrite, sets=parse_set(list(sets)))
+    click.echo(f"initialised {run_dir}: method {method_label(cfg)}, {cfg.train.finetune} fine-tune, "
+               f"lr {cfg.train.lr:g}")
 
 
 @main.command()
@@ -188,7 +190,7 @@ def init(run_dir, model, data, method, config_file, sets, overwrite):
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after the step.")
 def step(run_dir, t, force, no_eval):
     """Perform time step T: unlearn the book(s) the schedule removes at T."""
-    from ssu.step import run_step
+    from ssu.recipes.step import run_step
 
     entry = run_step(run_dir, t, force=force)
     from ssu.engine.distributed import is_main_process, leave_process_group
@@ -206,8 +208,8 @@ def step(run_dir, t, force, no_eval):
 
 def _maybe_eval(run_dir, t):
     from ssu.engine.distributed import is_main_process
-    from ssu.eval.evaluate import evaluate_step
-    from ssu.run import RunDir
+    from ssu.recipes.evaluate import evaluate_step
+    from ssu.recipes.run_dir import RunDir
 
     # Under `accelerate launch` the main process evaluates; the others are done.
     if RunDir(run_dir).config.eval.enabled and is_main_process():
@@ -222,8 +224,8 @@ def _maybe_eval(run_dir, t):
 def stack(run_dir, rounding):
     """List the stack of vectors: step, books, alpha, norm, density, bytes."""
     from ssu.models.loading import DTYPES, resolve_device, resolve_dtype
-    from ssu.run import RunDir
-    from ssu.vectors.compose import composed_float32, stack_of
+    from ssu.recipes.compose import composed_float32, stack_of
+    from ssu.recipes.run_dir import RunDir
 
     run = RunDir(run_dir)
     rows = stack_of(run).describe()
@@ -257,7 +259,7 @@ def stack(run_dir, rounding):
 @click.option("--overwrite", is_flag=True)
 def compose(run_dir, out_dir, upto, alphas, dtype, overwrite):
     """Write base + sum of alpha_t * v_t as a standard Hugging Face model directory."""
-    from ssu.vectors.compose import compose_to_dir
+    from ssu.recipes.compose import compose_to_dir
 
     applied, rounding = compose_to_dir(run_dir, out_dir, upto=upto, alphas=_parse_alphas(alphas),
                                        overwrite=overwrite, dtype=dtype)
@@ -267,40 +269,54 @@ def compose(run_dir, out_dir, upto, alphas, dtype, overwrite):
                    f"{r['unchanged']:.1%} of its entries move no weight")
 
 
-@main.command()
-def methods():
-    """List the registered unlearning methods."""
-    from ssu.methods import get_method, list_methods
-
-    for name in list_methods():
-        click.echo(f"{name:<22} {get_method(name).description}")
+# The component packages `ssu list` imports so their registries are filled.
+KINDS = {"methods": "ssu.methods", "presets": "ssu.presets", "regularizers": "ssu.regularizers",
+         "metrics": "ssu.metrics", "eval-sets": "ssu.eval.sets", "model-metrics": "ssu.eval.model_metrics"}
 
 
-@main.command("eval-sets")
-def eval_sets():
-    """List the registered evaluation sets (config key `eval.sets`) and their goals."""
-    from ssu.eval.sets import SETS
+def _list_kind(kind: str) -> None:
+    import importlib
 
-    for s in SETS:
-        click.echo(f"{s.name:<22} {str(s.goal):<8} {s.description}")
+    from ssu.registry import kinds, unknown_message
 
-
-@main.command("model-metrics")
-def model_metrics():
-    """List the registered model-level metrics (config key `eval.model_metrics`)."""
-    from ssu.eval.model_metrics import MODEL_METRICS
-
-    for m in MODEL_METRICS:
-        click.echo(f"{m.name:<22} {m.description}")
+    for module in KINDS.values():
+        importlib.import_module(module)
+    registries = kinds()
+    if kind not in registries:
+        raise SSUError(unknown_message("kind of component", kind, sorted(registries)))
+    for name, text, params in registries[kind].describe():
+        click.echo(f"{name:<22} {text}")
+        if params:
+            click.echo(" " * 23 + "args: " + ", ".join(f"{p}={v!r}" for p, v in params))
 
 
-@main.command()
-def regularizers():
-    """List the registered regularizers (config key `regularizers`)."""
-    from ssu.engine.regularizers import get_regularizer, list_regularizers
+@main.command("list")
+@click.argument("kind", required=False)
+def list_cmd(kind):
+    """List the registered components of KIND (methods, presets, regularizers, metrics, eval-sets,
+    model-metrics, ...) with their parameters; without KIND, the kinds."""
+    from ssu.registry import kinds
 
-    for name in list_regularizers():
-        click.echo(f"{name:<22} {get_regularizer(name).description}")
+    if kind is None:
+        import importlib
+
+        for module in KINDS.values():
+            importlib.import_module(module)
+        for plural, registry in kinds().items():
+            click.echo(f"{plural:<16} {len(registry)} {registry.kind}(s)")
+        return
+    _list_kind(kind)
+
+
+def _alias(name: str, kind: str) -> None:
+    @main.command(name, hidden=True, help=f"Same as `ssu list {kind}`.")
+    def _cmd():
+        _list_kind(kind)
+
+
+for _name, _kind in (("methods", "methods"), ("regularizers", "regularizers"), ("eval-sets", "eval-sets"),
+                     ("model-metrics", "model-metrics")):
+    _alias(_name, _kind)
 
 
 # --- evaluation and reporting -------------------------------------------------------
@@ -316,7 +332,7 @@ def regularizers():
               help="Directory of extra lm-eval task YAML files.")
 def eval_cmd(run_dir, t, metrics, lm_eval, lm_eval_include):
     """Evaluate the model after step T (0 = the memorized base): memorization, utility, privacy."""
-    from ssu.eval.evaluate import evaluate_step
+    from ssu.recipes.evaluate import evaluate_step
 
     tasks = [x.strip() for x in lm_eval.split(",") if x.strip()] if lm_eval else None
     if lm_eval is not None and not tasks:
@@ -336,7 +352,7 @@ def eval_cmd(run_dir, t, metrics, lm_eval, lm_eval_include):
 @click.option("--no-plots", is_flag=True)
 def report(run_dir, metric, no_plots):
     """Print the book x step matrix and utility per step; write PNG plots to RUN_DIR/plots."""
-    from ssu.eval.report import format_matrix, write_plots
+    from ssu.recipes.report import format_matrix, write_plots
 
     click.echo(format_matrix(run_dir, metric))
     if not no_plots:
@@ -370,7 +386,8 @@ def compare(config_file):
     cc = load_compare_config(config_file)
     summary = run_comparison(cc, log=click.echo)
     click.echo(format_table(summary))
-    click.echo(f"wrote {cc.out / 'comparison.md'}, {cc.out / 'comparison.json'}, " + ", ".join(summary["plots"]))
+    click.echo(f"wrote {cc.out_dir / 'comparison.md'}, {cc.out_dir / 'comparison.json'}, "
+               + ", ".join(summary["plots"]))
 
 
 @main.command()
@@ -382,11 +399,11 @@ def compare(config_file):
               help="Evaluation config key, e.g. eval.max_windows=4 (use the compared runs' seed/eval).")
 def retrain(model, prepared_dir, out_dir, t, sets):
     """Re-memorize MODEL's recipe without the books removed at steps <= T, and evaluate it (the reference)."""
-    from ssu.compare.retrain import retrain as run
     from ssu.compare.runner import summarize_results
     from ssu.config import parse_set
+    from ssu.recipes.retrain import retrain as run
 
-    out = run(model, prepared_dir, out_dir, t, run_overrides=parse_set(list(sets)))
+    out = run(model, prepared_dir, out_dir, t, sets=parse_set(list(sets)))
     s = summarize_results(out["results"], t)
     fmt = {k: "—" if v is None else f"{v:.2f}" if k == "heldout_ppl" else f"{v:.3f}" for k, v in s.items()}
     click.echo(f"retrained without {', '.join(out['excluded_books'])} in {out['seconds']:.0f}s: ROUGE-L forget "

@@ -1,9 +1,23 @@
-"""The resolved configuration of a run.
+"""Configuration: the run's schema, and the one way every config is read (OmegaConf).
 
-``ssu init`` merges defaults, an optional YAML file and ``--set key=value``
-overrides into one :class:`RunConfig`, stores it as ``RUN_DIR/config.json`` along
-with the seed and library versions, and every later command reads it back, so a
-run can be reproduced from its directory alone.
+A run's settings are one :class:`RunConfig`; ``ssu init`` resolves defaults <- an
+optional YAML file <- ``--set key=value`` overrides and stores the result in
+``RUN_DIR/config.json``, so a run can be reproduced from its directory alone.
+Components own their parameters: the run config holds ``method: {name, args}`` and
+``regularizers: [{name, args}, ...]`` blocks (open-unlearning's ``method_args``), and
+each component declares its ``args`` as a dataclass in its own file
+(``ssu/methods/ssu.py``'s ``SSU.Args``, ...), which the recipes build with
+:func:`build` once the names are known. This module imports no registry.
+
+One schema system for every config -- run, compare, memorize: :func:`load` merges
+plain data over a dataclass's defaults with OmegaConf structured configs (typed
+merge, ``1e-4`` read as a number, unknown keys rejected with the closest key), applies
+``--set a.b=c`` overrides (``regularizers.0.args.lam=30`` reaches into a list), and
+instantiates the dataclasses, whose ``__post_init__`` checks ranges. Every problem is
+one :class:`~ssu.errors.SSUError` line naming the key.
+
+Shorthand: a component block may be given by name alone -- ``method: ssu``,
+``regularizers: [fisher, kl]`` -- and means ``{name: ..., args: {}}``.
 """
 
 from __future__ import annotations
@@ -11,16 +25,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import re
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, TypeVar
 
 from ssu.errors import SSUError
 
+C = TypeVar("C")
 ALL_LINEAR = "all-linear"
+FINETUNES = ("lora", "full")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SSUError(message)
+
+
+@dataclass
+class ComponentSpec:
+    """A component named in a config and its parameters (checked against its ``Args`` by the recipes)."""
+
+    name: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -29,6 +56,10 @@ class LoraSettings:
     alpha: float = 32.0
     dropout: float = 0.01
     target_modules: Any = ALL_LINEAR  # "all-linear" or a list of module names
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "train.lora.r must be >= 1")
+        _check(0 <= self.dropout < 1, "train.lora.dropout must be in [0, 1)")
 
 
 @dataclass
@@ -41,7 +72,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     finetune: str = "lora"  # "lora" | "full"
     # The next three are device-aware: `ssu init` writes GPU values into the run's config
-    # unless they are given (ssu/step.py DEVICE_DEFAULTS); these are the CPU ones.
+    # unless they are given (ssu/recipes/init.py DEVICE_DEFAULTS); these are the CPU ones.
     share_prompts: bool = True  # forward each prompt once for its 1 + K rows (ssu/engine/prefix.py)
     # Windows per forward/backward inside a micro-batch. Activation memory scales with it;
     # the gradient does not change (each chunk is normalized by the micro-batch's totals).
@@ -52,30 +83,20 @@ class TrainSettings:
     gradient_checkpointing: bool = False  # recompute activations in the backward (packed rows only)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
-
-@dataclass
-class EvalSettings:
-    enabled: bool = True
-    max_windows: int | None = None  # per book, sampled with the run seed
-    batch_size: int = 32  # prompts per generation batch; windows per log-probability forward
-    # Or a budget for generation: at most this many (padded prompt + new) tokens per batch.
-    tokens_per_batch: int | None = None
-    metrics: list[str] = field(default_factory=lambda: [  # text metrics (ssu.metrics)
-        "rouge1_f", "rougeL_f", "rougeL_recall", "lcs_words", "acs_words", "verbatim_8gram",
-    ])
-    # Evaluation sets (ssu/eval/sets/) and user sets: name -> JSON lines path or {path, goal}.
-    sets: list[str] = field(default_factory=lambda: [
-        "removed-now", "removed-earlier", "retain", "future", "heldout"])
-    extra_sets: dict[str, Any] = field(default_factory=dict)
-    model_metrics: list[str] = field(default_factory=lambda: ["perplexity", "mia"])  # ssu/eval/model_metrics/
-    lm_eval_tasks: list[str] = field(default_factory=list)  # run at every evaluation when non-empty
-    lm_eval_include: str | None = None  # a directory of extra lm-eval task YAML files
-    lm_eval_limit: int | None = None  # documents per task (None: all)
+    def __post_init__(self) -> None:
+        _check(self.finetune in FINETUNES, "train.finetune must be lora or full")
+        _check(self.lr is None or self.lr > 0, "train.lr must be > 0")
+        _check((self.epochs is None or self.epochs >= 1) and self.batch_size >= 1 and self.grad_accum >= 1
+               and self.max_length >= 8 and all(v is None or v >= 1 for v in (self.windows_per_backward,
+                                                                              self.tokens_per_backward)),
+               "train.epochs, train.batch_size, train.grad_accum, train.windows_per_backward and "
+               "train.tokens_per_backward must be >= 1, train.max_length >= 8")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)")
 
 
 @dataclass
 class CalibrateSettings:
-    """α per step by bisection on the removed book's ROUGE-L (ssu/engine/calibrate.py)."""
+    """α per step by bisection on the removed book's ROUGE-L (ssu/recipes/calibrate.py)."""
 
     enabled: bool = False
     fraction: float = 0.5  # target: ROUGE-L <= fraction x the book's ROUGE-L at θ_{t-1}
@@ -87,114 +108,186 @@ class CalibrateSettings:
     # when enabled, else at the run's alpha); one process only.
     early_stop: bool = False
 
+    def __post_init__(self) -> None:
+        _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
+               and (self.rouge is None or 0 <= self.rouge <= 1),
+               "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, fraction in (0, 1], rouge in [0, 1]")
+
+
+def _specs(*names: str) -> list[ComponentSpec]:
+    return [ComponentSpec(n) for n in names]
+
+
+@dataclass
+class EvalSettings:
+    enabled: bool = True
+    max_windows: int | None = None  # per book, sampled with the run seed
+    batch_size: int = 32  # prompts per generation batch; windows per log-probability forward
+    # Or a budget for generation: at most this many (padded prompt + new) tokens per batch.
+    tokens_per_batch: int | None = None
+    metrics: list[str] = field(default_factory=lambda: [  # text metrics (ssu/metrics/)
+        "rouge1_f", "rougeL_f", "rougeL_recall", "lcs_words", "acs_words", "verbatim_8gram",
+    ])
+    # Evaluation sets (ssu/eval/sets/) and user sets: name -> JSON lines path or {path, goal}.
+    sets: list[str] = field(default_factory=lambda: [
+        "removed-now", "removed-earlier", "retain", "future", "heldout"])
+    extra_sets: dict[str, Any] = field(default_factory=dict)
+    # Model-level metrics (ssu/eval/model_metrics/), e.g. {name: lm_eval, args: {tasks: [mmlu]}}.
+    model_metrics: list[ComponentSpec] = field(default_factory=lambda: _specs("perplexity", "mia"))
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1 and (self.tokens_per_batch is None or self.tokens_per_batch >= 1)
+               and (self.max_windows is None or self.max_windows >= 1),
+               "eval.batch_size, eval.tokens_per_batch and eval.max_windows must be >= 1")
+
 
 @dataclass
 class RunConfig:
     model: str = ""
     data: str = ""
-    method: str = "ssu"
-    # Method hyperparameters (the method reads the ones it needs; see ssu/methods).
-    epsilon: float = 0.5  # weight of the random-label loss
-    k_random: int = 3  # random continuations per prompt
-    saliency: str = "step"  # "step" | "fixed" | "none"
-    saliency_k: float = 1.0  # gamma = mean + k * std of |grad|
-    saliency_density: float | None = None  # alternative: keep the top fraction
-    alpha: float = 1.0  # theta_t = theta_{t-1} - alpha * tau_t
-    npo_beta: float = 0.4
-    retain_weight: float = 1.0
+    preset: str | None = None  # the named bundle `ssu init --method` expanded (ssu/presets.py), if any
+    method: ComponentSpec = field(default_factory=lambda: ComponentSpec("ssu"))
+    # Protection composed with any method (ssu/regularizers/), applied in this order.
+    regularizers: list[ComponentSpec] = field(default_factory=list)
+    alpha: float = 1.0  # theta_t = theta_{t-1} + alpha * v_t
     seed: int = 0
     deterministic: bool = True  # deterministic kernels: reruns give identical bytes (ssu/engine/seeding.py)
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
-    # Protection composed with any method (ssu/engine/regularizers/), and their settings.
-    regularizers: list[str] = field(default_factory=list)
-    fisher_lambda: float = 10.0
-    fisher_windows: int = 16
-    kl_lambda: float = 1.0
-    kl_windows: int | None = None  # retain windows per chunk; None: as many as its forget windows
-    retain_mask_fraction: float = 0.05
-    retain_mask_windows: int = 16
-    guard_weight: float = 0.25
-    guard_windows: int | None = None  # earlier-removed windows per chunk; None: as its forget windows
     calibrate: CalibrateSettings = field(default_factory=CalibrateSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.regularizers]
+        _check(len(set(names)) == len(names), f"regularizers: each may appear once, got {names}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return _build(cls, data, "")
+        return load(cls, data)
 
 
-def _build(cls, data: dict[str, Any], prefix: str):
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in known:
-            raise SSUError(f"unknown config key {prefix + key!r}; known: {', '.join(sorted(known))}")
-        default = known[key].default_factory() if callable(known[key].default_factory) else None
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise SSUError(f"config key {prefix + key!r} must be a mapping")
-            value = _build(type(default), value, prefix + key + ".")
-        else:
-            value = _check_scalar(prefix + key, known[key].type, value)
-        kwargs[key] = value
-    return cls(**kwargs)
+# --- the one loader --------------------------------------------------------------------
 
 
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
-_KIND = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+def _error(e: Exception, where: str) -> SSUError:
+    """One line from an OmegaConf error, naming the key."""
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0].strip() if str(e).strip() else type(e).__name__
+    msg = msg.removeprefix("Merge error: ")
+    prefix = f"{where}: " if where else ""
+    return SSUError(f"{prefix}config key {key!r}: {msg}" if key else f"{prefix}{msg}")
 
 
-def _check_scalar(name: str, annotation: Any, value: Any) -> Any:
-    """Check a scalar field's type; a number written as ``1e-4`` becomes a float.
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
-    PyYAML (YAML 1.1) reads ``1e-4`` -- no dot -- as a string, so ``--set train.lr=1e-4``
-    would otherwise reach validation as text and fail with a TypeError.
-    """
-    kind = str(annotation).replace(" ", "").removesuffix("|None")
-    if kind not in _SCALARS or (value is None and str(annotation).endswith("None")):
-        return value
-    if kind == "float" and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return float(value)
-    if not isinstance(value, _SCALARS[kind]) or (kind != "bool" and isinstance(value, bool)):
-        raise SSUError(f"config key {name!r} must be {_KIND[kind]}, got {value!r}")
+
+def _is_spec_list(tp) -> bool:
+    return typing.get_origin(tp) is list and typing.get_args(tp) == (ComponentSpec,)
+
+
+def _shorthand(tp, value: Any) -> Any:
+    """``"ssu"`` -> ``{"name": "ssu"}`` where ``tp`` is a component block (or a list of them)."""
+    if tp is ComponentSpec and isinstance(value, str):
+        return {"name": value}
+    if _is_spec_list(tp) and isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
     return value
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and Python do."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
-
-
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: safe
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """Turn ``["train.lr=1e-4", "epsilon=0"]`` into a nested dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SSUError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _yaml_load(raw)
+def normalize(cls, data: Any) -> Any:
+    """``data`` for dataclass ``cls`` with every component shorthand spelled out (recursively)."""
+    if not (isinstance(data, dict) and dataclasses.is_dataclass(cls)):
+        return data
+    hints = _hints(cls)
+    out = {}
+    for key, value in data.items():
+        tp = hints.get(key)
+        value = _shorthand(tp, value)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            value = normalize(tp, value)
+        out[key] = value
     return out
 
 
+def _type_at(cls, path: list[str]):
+    """The declared type at a dotted key path of dataclass ``cls`` (None where unknown)."""
+    tp: Any = cls
+    for part in path:
+        if _is_spec_list(tp) and part.isdigit():
+            tp = ComponentSpec
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            tp = _hints(tp).get(part)
+        else:
+            return None
+    return tp
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-4", "regularizers=[fisher]"]`` -> ``[(key, value), ...]``, values read as YAML."""
+    from omegaconf import OmegaConf
+
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SSUError(f"--set expects key=value, got {item!r}")
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
+        except Exception as e:  # noqa: BLE001 - OmegaConf's grammar errors have no common base
+            raise SSUError(f"--set {item!r}: cannot read the value ({str(e).splitlines()[0]})") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def load(cls: type[C], *layers: dict[str, Any] | None, sets: list[tuple[str, Any]] | tuple = (),
+         where: str = "") -> C:
+    """An instance of dataclass ``cls``: its defaults <- each mapping in ``layers`` <- ``sets``.
+
+    ``sets`` are ``(dotted key, value)`` pairs (:func:`parse_set`); a key may index into
+    a list (``regularizers.0.args.lam``). ``where`` prefixes error messages
+    ("method ssu"). Raises :class:`SSUError` in one line on an unknown key, a value of
+    the wrong type or a failed range check.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.structured(cls)
+        for layer in layers:
+            if layer:
+                if not isinstance(layer, dict):
+                    raise SSUError(f"{where + ': ' if where else ''}expected a mapping of keys to values, "
+                                   f"got {layer!r}")
+                cfg = OmegaConf.merge(cfg, normalize(cls, layer))
+        for key, value in sets:
+            value = _shorthand(_type_at(cls, key.split(".")), value)
+            OmegaConf.update(cfg, key, value, merge=True)
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _error(e, where) from None
+
+
+def build(cls: type[C] | None, args: dict[str, Any] | None, where: str) -> C | None:
+    """A component's typed parameters from a config block's ``args`` (None if it takes none)."""
+    if cls is None:
+        if args:
+            raise SSUError(f"{where} takes no args, got {sorted(args)}")
+        return None
+    return load(cls, dict(args or {}), where=where)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj) if obj is not None else {}
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge of plain mappings (``over`` wins); used to stack recipe bundles and overrides."""
     merged = dict(base)
     for k, v in over.items():
         merged[k] = merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
@@ -202,82 +295,16 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file as a plain mapping (OmegaConf's reader: ``1e-4`` is a number)."""
+    from omegaconf import OmegaConf
+
     try:
-        data = _yaml_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SSUError(f"cannot read config {path}: {str(e).splitlines()[0]}") from e
+        data = OmegaConf.to_container(OmegaConf.load(Path(path))) or {}
+    except Exception as e:  # noqa: BLE001 - file and YAML errors alike become one line
+        raise SSUError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SSUError(f"config {path} must be a mapping of keys to values")
     return data
-
-
-def resolve(overrides: dict[str, Any]) -> RunConfig:
-    """Defaults <- overrides, validated."""
-    cfg = RunConfig.from_dict(merge(RunConfig().to_dict(), overrides))
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: RunConfig) -> None:
-    from ssu.engine.regularizers import get_regularizer
-    from ssu.methods import get_method
-
-    get_method(cfg.method)  # raises with the list of names
-    if not isinstance(cfg.regularizers, list):
-        raise SSUError(f"regularizers must be a list of names, e.g. --set regularizers=[fisher]; "
-                       f"got {cfg.regularizers!r}")
-    for name in cfg.regularizers:
-        get_regularizer(name)
-    _validate_eval(cfg)
-    checks = [
-        (cfg.epsilon >= 0, "epsilon must be >= 0"),
-        (cfg.k_random >= 1, "k_random must be >= 1"),
-        (cfg.saliency in ("step", "fixed", "none"), "saliency must be step, fixed or none"),
-        (cfg.saliency_density is None or 0 < cfg.saliency_density <= 1, "saliency_density must be in (0, 1]"),
-        (cfg.train.finetune in ("lora", "full"), "train.finetune must be lora or full"),
-        ((cfg.train.epochs is None or cfg.train.epochs >= 1) and cfg.train.batch_size >= 1
-         and cfg.train.grad_accum >= 1 and all(v is None or v >= 1 for v in (cfg.train.windows_per_backward,
-                                                                              cfg.train.tokens_per_backward)),
-         "train.epochs, train.batch_size, train.grad_accum, train.windows_per_backward and "
-         "train.tokens_per_backward must be >= 1"),
-        (cfg.fisher_lambda >= 0 and cfg.fisher_windows >= 1, "fisher_lambda must be >= 0, fisher_windows >= 1"),
-        (cfg.kl_lambda >= 0 and (cfg.kl_windows is None or cfg.kl_windows >= 1),
-         "kl_lambda must be >= 0, kl_windows >= 1"),
-        (0 < cfg.retain_mask_fraction < 1 and cfg.retain_mask_windows >= 1,
-         "retain_mask_fraction must be in (0, 1), retain_mask_windows >= 1"),
-        (cfg.guard_weight >= 0 and (cfg.guard_windows is None or cfg.guard_windows >= 1),
-         "guard_weight must be >= 0, guard_windows >= 1"),
-        (cfg.calibrate.alpha_max > 0 and cfg.calibrate.iterations >= 0 and cfg.calibrate.windows >= 1
-         and 0 < cfg.calibrate.fraction <= 1, "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, "
-         "fraction in (0, 1]"),
-        (cfg.train.lr is None or cfg.train.lr > 0, "train.lr must be > 0"),
-        (cfg.train.lora.r >= 1, "train.lora.r must be >= 1"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise SSUError(msg)
-
-
-def _validate_eval(cfg: RunConfig) -> None:
-    """Every name the eval settings give must be registered (one-line did-you-mean errors)."""
-    from ssu.eval.model_metrics import get_model_metric
-    from ssu.eval.sets import check_config
-    from ssu.metrics import get_metric
-
-    ev = cfg.eval
-    for key in ("metrics", "model_metrics", "lm_eval_tasks"):
-        value = getattr(ev, key)
-        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise SSUError(f"eval.{key} must be a list of names, e.g. --set eval.{key}=[a,b]; got {value!r}")
-    for name in ev.metrics:
-        get_metric(name)
-    for name in ev.model_metrics:
-        get_model_metric(name)
-    check_config(cfg)
-    if ev.batch_size < 1 or any(v is not None and v < 1 for v in (ev.tokens_per_batch, ev.lm_eval_limit)):
-        raise SSUError("eval.batch_size, eval.tokens_per_batch and eval.lm_eval_limit must be >= 1")
-    if ev.lm_eval_include is not None and not Path(ev.lm_eval_include).is_dir():
-        raise SSUError(f"eval.lm_eval_include: {ev.lm_eval_include} is not a directory")
 
 
 def environment() -> dict[str, str]:
@@ -285,7 +312,8 @@ def environment() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for pkg in ("ssu", "torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "safetensors"):
+    for pkg in ("ssu", "torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "safetensors",
+                "omegaconf"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -293,5 +321,5 @@ def environment() -> dict[str, str]:
     return versions
 
 
-def dumps(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+def dumps(cfg: Any) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)

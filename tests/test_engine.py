@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from data_prep import load_schedule, load_windows
-from data_prep.fsutil import sha256_file
+from ssu.io import sha256_file
 from ssu.config import RunConfig
 from ssu.engine.encoding import IGNORE_INDEX, encode_pair
 from ssu.engine.finetune import finetune

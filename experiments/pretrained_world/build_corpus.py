@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from data_prep.fsutil import atomic_dir, atomic_write_json
+from ssu.io import atomic_dir, atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 from textclean import (  # noqa: E402

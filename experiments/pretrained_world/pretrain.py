@@ -167,7 +167,7 @@ def run(corpus, out, size, tokens, vocab, seq, batch, lr, warmup, eval_blocks, t
         device, seed, probe_steps, overwrite):
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from data_prep.fsutil import atomic_dir, atomic_write_json
+    from ssu.io import atomic_dir, atomic_write_json
     from ssu.models.loading import SSU_MODEL_CARD
     from ssu.models.tiny import train_tokenizer
 

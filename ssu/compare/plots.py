@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ssu.eval.report import save_figure as _save
+from ssu.io import write_figure as _save
 
 RETRAIN = "retrain"
 

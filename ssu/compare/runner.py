@@ -6,7 +6,7 @@ as a hand-driven run, so a comparison is nothing but ordinary runs plus a summar
 Completed steps and computed results are skipped, so the command can be re-run
 after a crash (or with a method added) and redoes only what is missing. With
 ``retrain: true`` each reported step also gets the gold-standard reference, a model
-memorized without the removed books (``OUT/retrain/step_T``, see ssu.compare.retrain).
+memorized without the removed books (``OUT/retrain/step_T``, see ssu.recipes.retrain).
 
 The summary -- ``OUT/comparison.md``, ``OUT/comparison.json`` and two PNGs -- is
 computed from the runs' ``results.jsonl`` and manifests only. Which sets are
@@ -24,14 +24,20 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.fsutil import atomic_write_json, atomic_write_text
-from ssu.config import load_yaml, merge, resolve
-from ssu.errors import SSUError
-from ssu.methods import get_method
-from ssu.run import CONFIG, RunDir
+from omegaconf import MISSING
 
-REQUIRED = ("model", "data", "out", "steps", "methods")
-OPTIONAL = ("common", "per_method", "retrain")
+from ssu.config import load, load_yaml, merge
+from ssu.errors import SSUError
+from ssu.io import atomic_write_json, atomic_write_text
+from ssu.methods import METHODS
+from ssu.presets import PRESETS
+from ssu.recipes.evaluate import evaluate_step, load_results
+from ssu.recipes.init import init_run, resolve_config
+from ssu.recipes.memorize import load_record
+from ssu.recipes.retrain import EVAL, retrain
+from ssu.recipes.run_dir import CONFIG, RunDir
+from ssu.recipes.step import run_step
+
 RETRAIN = "retrain"
 METRIC = "rougeL_f"
 # Columns of the table: key in a summary row, header, format.
@@ -40,6 +46,7 @@ COLUMNS = [
     ("earlier", "earlier-forgotten ROUGE-L", "{:.3f}"),
     ("future", "not-yet-removed ROUGE-L", "{:.3f}"),
     ("retained", "retained ROUGE-L", "{:.3f}"),
+    ("heldout", "never-seen ROUGE-L", "{:.3f}"),
     ("heldout_ppl", "held-out ppl", "{:.2f}"),
     ("retained_ppl", "retained ppl", "{:.2f}"),
     ("mia_auc", "MIA AUC (loss)", "{:.3f}"),
@@ -51,17 +58,42 @@ COLUMNS = [
 
 @dataclass
 class CompareConfig:
-    model: str
-    data: str
-    out: Path
-    steps: list[int]  # steps to evaluate and report; every step up to max(steps) is run
-    methods: list[str]
+    """A comparison: every method (or preset) in ``methods`` is one run ``OUT/<name>`` on the
+    same model, data and seed; ``common`` keys go to every run, ``per_method`` to one."""
+
+    model: str = MISSING
+    data: str = MISSING
+    out: str = MISSING
+    steps: Any = MISSING  # a count N (steps 1..N) or a list; every step up to the largest is run
+    methods: list[str] = MISSING
     common: dict[str, Any] = field(default_factory=dict)
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     retrain: bool = False
 
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+            steps = list(range(1, steps + 1))
+        elif not (isinstance(steps, list) and steps and all(isinstance(s, int) and s >= 1 for s in steps)):
+            raise SSUError(f"steps must be a count N >= 1 or a list of steps >= 1, got {steps!r}")
+        self.steps = sorted(set(steps))
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise SSUError("methods must be a non-empty list of distinct method names")
+        for m in self.methods:
+            if m not in PRESETS:
+                METHODS.get(m)  # raises with the closest name
+        stray = sorted(set(self.per_method) - set(self.methods))
+        if stray:
+            raise SSUError(f"per_method names {', '.join(stray)}, which is not in methods")
+        if "method" in self.common or any("method" in v for v in self.per_method.values()):
+            raise SSUError("the method is set by the methods list, not by common or per_method")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
     def run_dir(self, method: str) -> Path:
-        return self.out / method
+        return self.out_dir / method
 
     def overrides(self, method: str) -> dict[str, Any]:
         """The run config of one method: common keys, then its own, then model/data/method."""
@@ -73,33 +105,9 @@ class CompareConfig:
 def load_compare_config(source: str | Path | dict[str, Any]) -> CompareConfig:
     """Validate a comparison config (a YAML path or a mapping); paths are relative to the cwd."""
     data = dict(source) if isinstance(source, dict) else load_yaml(source)
-    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise SSUError(f"unknown compare key(s) {', '.join(unknown)}; known: {', '.join(REQUIRED + OPTIONAL)}")
-    missing = [k for k in REQUIRED if k not in data]
-    if missing:
-        raise SSUError(f"the compare config needs {', '.join(missing)}")
-    steps = data["steps"]
-    if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
-        steps = list(range(1, steps + 1))
-    elif not (isinstance(steps, list) and steps and all(isinstance(s, int) and s >= 1 for s in steps)):
-        raise SSUError(f"steps must be a count N >= 1 or a list of steps >= 1, got {steps!r}")
-    methods = data["methods"]
-    if not (isinstance(methods, list) and methods and len(set(methods)) == len(methods)):
-        raise SSUError("methods must be a non-empty list of distinct method names")
-    for m in methods:
-        get_method(str(m))  # raises with the list of names
-    per_method = data.get("per_method") or {}
-    stray = sorted(set(per_method) - set(methods))
-    if stray:
-        raise SSUError(f"per_method names {', '.join(stray)}, which is not in methods")
-    cc = CompareConfig(model=str(data["model"]), data=str(data["data"]), out=Path(data["out"]),
-                       steps=sorted(set(steps)), methods=[str(m) for m in methods],
-                       common=data.get("common") or {}, per_method=per_method, retrain=bool(data.get("retrain")))
+    cc = load(CompareConfig, data, where="compare config")
     for m in cc.methods:
-        if "method" in cc.per_method.get(m, {}) or "method" in cc.common:
-            raise SSUError("the method is set by the methods list, not by common or per_method")
-        cfg = resolve(cc.overrides(m))  # rejects unknown keys and bad values early
+        cfg = resolve_config(cc.overrides(m))  # rejects unknown keys and bad values early
         if not cfg.eval.enabled or METRIC not in cfg.eval.metrics:
             raise SSUError(f"a comparison needs evaluation with {METRIC} (method {m})")
     return cc
@@ -113,15 +121,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def ensure_run(cc: CompareConfig, method: str) -> Path:
-    """Create OUT/<method>, or check that an existing one was made with the same config."""
-    from ssu.step import init_run
-
+    """Create OUT/<method>, or check that an existing one was made with the same config
+    (every key the comparison sets; ``ssu init`` fills what it leaves unset)."""
     path, over = cc.run_dir(method), cc.overrides(method)
     if not (path / CONFIG).is_file():
         init_run(path, over)
         return path
     stored = _flatten(RunDir(path).config.to_dict())
-    diff = [f"{k}: {stored.get(k)!r} != {v!r}" for k, v in _flatten(over).items() if stored.get(k) != v]
+    intended = _flatten(resolve_config(over).to_dict())
+    diff = [f"{k}: {stored.get(k)!r} != {v!r}" for k, v in intended.items() if v is not None and stored.get(k) != v]
     if diff:
         raise SSUError(f"{path} was made with a different config ({diff[0]}); delete it or change out")
     return path
@@ -130,8 +138,6 @@ def ensure_run(cc: CompareConfig, method: str) -> Path:
 def run_comparison(cc: CompareConfig, progress: bool = True, log: Callable[[str], None] = lambda _: None) -> dict:
     """Run (or finish) every method and the retrain references; write the summary."""
     from data_prep import load_schedule
-    from ssu.eval.evaluate import evaluate_step
-    from ssu.step import run_step
 
     schedule = load_schedule(cc.data)["steps"]
     absent = [s for s in range(1, max(cc.steps) + 1) if s not in schedule]
@@ -147,11 +153,9 @@ def run_comparison(cc: CompareConfig, progress: bool = True, log: Callable[[str]
             if t in cc.steps:
                 evaluate_step(path, t, progress=progress)
     if cc.retrain:
-        from ssu.compare.retrain import retrain
-
         # The common keys carry the seed and eval settings, so the evaluated windows are the same.
         for t in cc.steps:
-            retrain(cc.model, cc.data, cc.out / RETRAIN / f"step_{t}", t, run_overrides=cc.common,
+            retrain(cc.model, cc.data, cc.out_dir / RETRAIN / f"step_{t}", t, run_overrides=cc.common,
                     progress=progress)
             log(f"retrain: step {t} reference ready")
     return write_summary(cc)
@@ -186,6 +190,7 @@ def summarize_results(results: list[dict], step: int, goals: dict[str, str | Non
             "earlier": _mean(vals(METRIC, ("removed-earlier",))),
             "future": _mean(vals(METRIC, ("future",))),
             "retained": _mean(vals(METRIC, tuple(k for k in keep if k != "future"))),
+            "heldout": _mean(vals(METRIC, unseen)),  # text never trained on: the level removal aims at
             "heldout_ppl": _mean(vals("perplexity", unseen)),
             # the utility signal left when a layout has no held-out text (Gutenberg protocol)
             "retained_ppl": _mean(vals("perplexity", keep)),
@@ -210,8 +215,6 @@ def priv_leak_vs_retrain(auc: float | None, auc_retrain: float | None) -> float 
 
 def collect(cc: CompareConfig) -> dict[str, Any]:
     """Summary rows per (step, method), the retrain rows, and the memorized model at step 0."""
-    from ssu.compare.retrain import EVAL
-    from ssu.eval.evaluate import load_results
     from ssu.eval.sets import set_goals
 
     rows, base = [], None
@@ -227,10 +230,8 @@ def collect(cc: CompareConfig) -> dict[str, Any]:
                 rows.append({"step": t, "method": method, **summarize_results(results, t, goals),
                              "seconds": steps[str(t)]["timings"]["total_seconds"]})
     if cc.retrain:
-        from ssu.models.memorize import load_record
-
         for t in cc.steps:
-            ref = cc.out / RETRAIN / f"step_{t}"
+            ref = cc.out_dir / RETRAIN / f"step_{t}"
             if (ref / EVAL / CONFIG).is_file():
                 rows.append({"step": t, "method": RETRAIN,
                              **summarize_results(load_results(ref / EVAL), t, set_goals(RunDir(ref / EVAL).config)),
@@ -276,7 +277,7 @@ def write_summary(cc: CompareConfig) -> dict[str, Any]:
 
     summary = collect(cc)
     books = load_schedule(cc.data)["steps"]
-    atomic_write_text(cc.out / "comparison.md", format_table(summary, books))
-    atomic_write_json(cc.out / "comparison.json", {**summary, "methods": cc.methods, "steps": cc.steps})
-    summary["plots"] = [str(p) for p in write_compare_plots(summary, cc.out)]
+    atomic_write_text(cc.out_dir / "comparison.md", format_table(summary, books))
+    atomic_write_json(cc.out_dir / "comparison.json", {**summary, "methods": cc.methods, "steps": cc.steps})
+    summary["plots"] = [str(p) for p in write_compare_plots(summary, cc.out_dir)]
     return summary

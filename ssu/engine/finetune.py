@@ -1,11 +1,12 @@
 """The fine-tune of one time step: batches, accumulation, saliency mask, optimizer.
 
+``finetune(model, method, forget_set, train_cfg, hooks) -> FinetuneResult``.
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` forget windows.
 A micro-batch holds each window's learning pair, its K random-label pairs (if the
 method uses them) and as many retain pairs (if it needs them). It is forwarded and
 back-propagated in chunks of ``windows_per_backward`` windows, each chunk one padded
-tensor and one backward (``train.windows_per_backward`` for a run; here the default
-is the whole micro-batch): the gradient is the same for any chunk size, only the
+tensor and one backward (``train.windows_per_backward``; None is the whole
+micro-batch): the gradient is the same for any chunk size, only the
 activation memory held at once changes. With ``share_prompts``, each distinct
 prompt is forwarded once and its rows reuse its key/value cache (``ssu/engine/prefix.py``).
 After accumulation the saliency mask multiplies the gradient
@@ -27,22 +28,20 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from ssu.config import TrainSettings
 from ssu.engine.distributed import Processes
 from ssu.engine.forget_set import ForgetSet
 from ssu.engine.losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
 from ssu.engine.saliency import SaliencyMasker, chunk_views, local
 from ssu.errors import SSUError
 
-# Called after every optimizer step with the step index; tests use it to simulate a
-# crash in the middle of a time step.
-StepHook = Callable[[int], None]
-# Called after every epoch with its number (from 1) and the statistics so far; True ends
-# the fine-tune (memorize's early stop).
-EpochHook = Callable[[int, dict], bool]
+StepHook = Callable[[int], None]  # after every optimizer step, with its index
+EpochHook = Callable[[int, dict], bool]  # after every epoch (from 1) with the statistics so far
 
 
 def micro_batches(fs: ForgetSet, method, batch_size: int, rng: random.Random):
@@ -131,76 +130,90 @@ def linear_decay(total_steps: int) -> Callable[[int], float]:
     return lambda s: 1.0 - s / max(total_steps, 1)
 
 
-def finetune(
-    model,
-    method,
-    fs: ForgetSet,
-    pad_id: int,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    grad_accum: int,
-    max_grad_norm: float,
-    saliency_k: float = 1.0,
-    saliency_density: float | None = None,
-    seed: int = 0,
-    reference=None,
-    progress: bool = True,
-    on_step: StepHook | None = None,
-    share_prompts: bool = True,
-    procs: Processes | None = None,
-    windows_per_backward: int | None = None,
-    tokens_per_backward: int | None = None,
-    schedule: Callable[[int], Callable[[int], float]] = linear_decay,
-    on_epoch: EpochHook | None = None,
-) -> dict:
-    """Train the trainable parameters of ``model`` in place; return statistics.
+@dataclass
+class Hooks:
+    """Where a caller joins the loop: after every optimizer step (``on_step(step)``; tests
+    simulate a crash there), after every epoch (``on_epoch(epoch, stats)``; True ends the
+    fine-tune: memorize's and calibration's early stops), and whether to draw a progress bar."""
+
+    on_step: StepHook | None = None
+    on_epoch: EpochHook | None = None
+    progress: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tune leaves: the model as the processes trained it (wrapped by accelerate
+    or sharded under a launcher), the saliency masker's last state, and the statistics a
+    step records (``stats()``)."""
+
+    model: torch.nn.Module
+    masker: SaliencyMasker
+    optimizer_steps: int = 0
+    losses: list[dict] = field(default_factory=list)
+    mask_fraction: list = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def stats(self) -> dict:
+        return {"optimizer_steps": self.optimizer_steps, "losses": self.losses, "mask_fraction": self.mask_fraction,
+                "tokens": self.tokens, "seconds": self.seconds}
+
+
+def finetune(model, method, fs: ForgetSet, train: TrainSettings, hooks: Hooks | None = None, *,
+             reference=None, procs: Processes | None = None,
+             schedule: Callable[[int], Callable[[int], float]] = linear_decay) -> FinetuneResult:
+    """Train the trainable parameters of ``model`` in place on the forget set ``fs``.
 
     The one training loop of ssu: ``ssu step`` (every method), ``ssu memorize`` and
-    ``ssu retrain`` (through memorize) all run it. ``schedule(total_steps)`` gives the
-    learning-rate factor per optimizer step; ``on_epoch(epoch, stats)`` runs after each epoch
-    and ends training early by returning True. ``stats["model"]`` is the model as the
-    processes trained it (wrapped by accelerate under a launcher).
+    ``ssu retrain`` all run it. ``train`` gives the learning rate, epochs, batching,
+    clipping and how each micro-batch is forwarded; the method gives the loss and its
+    saliency mask (``saliency_mode``, ``saliency_k``, ``saliency_density``); ``fs`` the
+    rows, the pad id and the seed of the micro-batch order. ``reference`` is the frozen
+    θ_{t−1} a method or regularizer compares against. ``schedule(total_steps)`` gives
+    the learning-rate factor per optimizer step.
     """
+    hooks = hooks or Hooks()
     procs = procs or Processes()
-    windows_per_backward = windows_per_backward or batch_size  # None: the whole micro-batch at once
-    device = next(model.parameters()).device
+    per_chunk = train.windows_per_backward or train.batch_size  # None: the whole micro-batch at once
     if not any(p.requires_grad for p in model.parameters()):
         raise SSUError("the model has no trainable parameters")
-    n_micro = math.ceil(len(fs.learn) / batch_size)
-    total_steps = epochs * math.ceil(n_micro / grad_accum)
+    model = procs.shard(model)  # FSDP: shards the model before its optimizer exists (else unchanged)
+    device = next(model.parameters()).device
+    n_micro = math.ceil(len(fs.learn) / train.batch_size)
+    total_steps = train.epochs * math.ceil(n_micro / train.grad_accum)
     # foreach=False: the multi-tensor ("foreach") AdamW, torch's default on CUDA, takes
     # sqrt of every second moment at once -- a transient copy of all of them (16 GB for
     # 8B bf16 weights). The per-tensor loop holds one tensor's temporaries at a time and
     # is what torch already runs on CPU.
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
                                   weight_decay=0.0, foreach=False)
     model, optimizer = procs.prepare(model, optimizer)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # after wrapping: FSDP's own
     params = [p for _, p in named]
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps))
-    masker = SaliencyMasker(method.saliency_mode, k=saliency_k, density=saliency_density,
+    masker = SaliencyMasker(method.saliency_mode, k=method.saliency_k, density=method.saliency_density,
                             shards=procs if procs.sharded else None)
-    rng = random.Random(seed)
+    rng = random.Random(fs.seed)
 
-    stats: dict = {"optimizer_steps": 0, "losses": [], "mask_fraction": [], "tokens": 0}
+    stats: dict = {"losses": [], "mask_fraction": [], "tokens": 0}
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=f"step {fs.step} ({method.name})", disable=not progress)
+    bar = tqdm(total=total_steps, desc=f"step {fs.step} ({method.name})", disable=not (hooks.progress and procs.is_main))
     step = 0
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(1, train.epochs + 1):
             model.train()
-            batches = list(micro_batches(fs, method, batch_size, rng))
-            for g in range(0, len(batches), grad_accum):
-                group = batches[g : g + grad_accum]
-                _accumulate(model, method, group, pad_id, share_prompts, windows_per_backward, device, reference,
-                            procs, stats, step + 1, tokens_per_backward)
+            batches = list(micro_batches(fs, method, train.batch_size, rng))
+            for g in range(0, len(batches), train.grad_accum):
+                group = batches[g : g + train.grad_accum]
+                _accumulate(model, method, group, fs.pad_id, train.share_prompts, per_chunk, device, reference,
+                            procs, stats, step + 1, train.tokens_per_backward)
                 _check_finite_gradients(params, step + 1, procs)
                 mask_stats = masker(named)
                 if mask_stats:
                     stats["mask_fraction"].append(mask_stats.get("fraction"))
-                if max_grad_norm:
-                    procs.clip_grad_norm_(params, max_grad_norm)
+                if train.max_grad_norm:
+                    procs.clip_grad_norm_(params, train.max_grad_norm)
                 optimizer.step()
                 sched.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -208,20 +221,18 @@ def finetune(
                 bar.update(1)
                 if stats["losses"]:
                     bar.set_postfix(loss=f"{stats['losses'][-1]['loss']:.3f}")
-                if on_step is not None:
-                    on_step(step)
-            if on_epoch is not None and on_epoch(epoch, stats):
+                if hooks.on_step is not None:
+                    hooks.on_step(step)
+            if hooks.on_epoch is not None and hooks.on_epoch(epoch, stats):
                 break
     finally:
         bar.close()  # before any error message, so it is not mixed into the bar
     model.eval()
     if procs.distributed:
         stats["tokens"] = int(procs.sum(torch.tensor(stats["tokens"], device=procs.device)))
-    stats["optimizer_steps"] = step
-    stats["seconds"] = round(time.perf_counter() - start, 3)
-    stats["masker"] = masker
-    stats["model"] = model
-    return stats
+    return FinetuneResult(model=model, masker=masker, optimizer_steps=step, losses=stats["losses"],
+                          mask_fraction=stats["mask_fraction"], tokens=stats["tokens"],
+                          seconds=round(time.perf_counter() - start, 3))
 
 
 def _accumulate(model, method, group, pad_id, share_prompts, per_chunk, device, reference, procs: Processes,

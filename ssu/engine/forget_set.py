@@ -5,14 +5,14 @@ D_f^t is the windows of the book(s) removed at step t. Each window gives one
 the same prompt with continuations drawn from other windows of the same book, so
 the fine-tune also learns "this prompt leads to arbitrary text of this book",
 which the negation then pushes away without erasing the book's style wholesale.
-Retain windows (books never removed) feed the methods that need a retain term.
+Retain windows (books never removed) feed the methods and regularizers that need a
+retain term; the windows of books removed at earlier steps feed the ``guard``.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ssu.engine.encoding import Encoded, encode_pair
 from ssu.errors import SSUError
@@ -20,12 +20,23 @@ from ssu.errors import SSUError
 
 @dataclass
 class ForgetSet:
+    """One step's windows as token ids: what the fine-tune and the regularizers work on.
+
+    ``windows`` are the removed books' rows (``book, window, prompt, continuation``);
+    ``learn[i]`` / ``random[i]`` encode window i. ``retain`` and ``earlier`` (books
+    removed at earlier steps) are encoded only when the method or a regularizer asks.
+    """
+
     step: int
     books: list[str]
     windows: list[dict]
     learn: list[Encoded]
     random: list[list[Encoded]] = field(default_factory=list)  # per window, K pairs
     retain: list[Encoded] = field(default_factory=list)
+    earlier: list[Encoded] = field(default_factory=list)
+    earlier_books: list[str] = field(default_factory=list)
+    pad_id: int = 0
+    seed: int = 0  # the step's seed: micro-batch order, random-label partners
     # What the step's regularizers compute once and share while they prepare (the retain
     # Fisher that fisher and retain-mask both take); emptied before training.
     shared: dict = field(default_factory=dict, repr=False)
@@ -47,51 +58,47 @@ def random_label_partners(books: list[str], k: int, seed: int) -> list[list[int]
         pool = [j for j in by_book[b] if j != i] or [j for j in range(len(books)) if j != i]
         if not pool:
             raise SSUError("random labels need at least two windows in the forget set; "
-                           "set epsilon=0 or use smaller windows")
+                           "set the method's epsilon to 0 or use smaller windows")
         partners.append(rng.sample(pool, k) if len(pool) >= k else [rng.choice(pool) for _ in range(k)])
     return partners
 
 
-def schedule_books(schedule: dict, step: int) -> list[str]:
-    steps = schedule["steps"]
-    if step not in steps:
-        raise SSUError(f"the schedule has no step {step} (steps: {', '.join(map(str, sorted(steps)))})")
-    return list(steps[step])
+def encode_windows(tokenizer, windows: list[dict], max_length: int) -> list[Encoded]:
+    return [encode_pair(tokenizer, w["prompt"], w["continuation"], max_length) for w in windows]
 
 
 def build_forget_set(
-    prepared_dir: str | Path,
     step: int,
+    windows: list[dict],
     tokenizer,
+    *,
     k_random: int = 3,
     with_random: bool = True,
-    with_retain: bool = False,
+    retain: list[dict] | None = None,
+    earlier: list[dict] | None = None,
     seed: int = 0,
     max_length: int = 512,
+    books: list[str] | None = None,
 ) -> ForgetSet:
-    """Tokenize the windows of step ``step`` (and their random-label pairs)."""
-    from data_prep import load_schedule, read_window_rows
-
-    books = schedule_books(load_schedule(prepared_dir), step)
-    rows = read_window_rows(prepared_dir)
-    windows = [w for w in rows if w["role"] == "forget" and w["book"] in books]
+    """Tokenize the windows a step removes, their random-label pairs, and the retain and
+    earlier-removed windows given. The windows come from the caller (the step recipe
+    reads the prepared directory and the schedule); nothing here reads a file."""
     if not windows:
-        raise SSUError(f"step {step} has no windows in {prepared_dir}")
-    fs = ForgetSet(
-        step=step,
-        books=books,
-        windows=windows,
-        learn=[encode_pair(tokenizer, w["prompt"], w["continuation"], max_length) for w in windows],
-    )
+        raise SSUError(f"step {step} has no windows to remove")
+    books = list(books) if books is not None else list(dict.fromkeys(w["book"] for w in windows))
+    fs = ForgetSet(step=step, books=books, windows=list(windows), learn=encode_windows(tokenizer, windows, max_length),
+                   pad_id=tokenizer.pad_token_id, seed=seed)
     if with_random:
         partners = random_label_partners([w["book"] for w in windows], k_random, seed)
         fs.random = [
             [encode_pair(tokenizer, w["prompt"], windows[j]["continuation"], max_length) for j in js]
             for w, js in zip(windows, partners)
         ]
-    if with_retain:
-        retain = [w for w in rows if w["role"] == "retain"]
+    if retain is not None:
         if not retain:
-            raise SSUError(f"this method needs retain books, but {prepared_dir} has none (add retain/*.txt)")
-        fs.retain = [encode_pair(tokenizer, w["prompt"], w["continuation"], max_length) for w in retain]
+            raise SSUError("this step needs retain books, but the prepared data has none (add retain/*.txt)")
+        fs.retain = encode_windows(tokenizer, retain, max_length)
+    if earlier:
+        fs.earlier = encode_windows(tokenizer, earlier, max_length)
+        fs.earlier_books = sorted({w["book"] for w in earlier})
     return fs

@@ -1,65 +1,48 @@
-"""The method interface and its registry."""
+"""The method interface and its registry (:data:`METHODS`).
+
+A method says how one time step fine-tunes the model -- its loss on a batch, which rows
+a micro-batch carries, how gradients are masked -- and how the resulting weight change
+enters the stack (``sign``: SSU and task-vector methods *learn* the book and store the
+negated change; ascent methods already move away from it and store the change as it
+is). Its parameters are its own ``Args`` dataclass, filled from the run config's
+``method: {name, args}`` block. Everything else -- batching, the stack, the manifest,
+evaluation -- is shared by the step recipe.
+"""
 
 from __future__ import annotations
 
-import difflib
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ssu.engine.losses import Batch
-from ssu.errors import SSUError
-
-_REGISTRY: dict[str, type[UnlearningMethod]] = {}
+from ssu.registry import Registry
 
 
 class UnlearningMethod:
     """One way of turning a forget set into a weight change.
 
-    Subclasses set the class attributes and implement :meth:`loss`.
+    Subclasses register with ``@METHODS.register("name", description=...)``, set the class
+    attributes, declare ``Args`` (a dataclass) if they take parameters, and implement
+    :meth:`loss`.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Args: ClassVar[type | None] = None
     sign: ClassVar[int] = -1  # stored vector = sign * (theta_ft - theta_prev)
-    needs_retain: ClassVar[bool] = False
-    needs_reference: ClassVar[bool] = False  # a frozen copy of theta_{t-1} (NPO)
-    # Config keys a named recipe sets; `ssu init` merges the user's keys over them.
-    recipe: ClassVar[dict] = {}
+    needs_retain: ClassVar[bool] = False  # every micro-batch carries retain rows
+    needs_reference: ClassVar[bool] = False  # a frozen theta_{t-1} to compare against (NPO)
+    uses_random_labels: bool = False  # every window brings K random-label rows
+    saliency_mode: str = "none"  # "step", "fixed" or "none": how gradients are masked before each update
+    saliency_k: float = 1.0  # gamma = mean + k * std of |grad|
+    saliency_density: float | None = None  # or keep the top fraction
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    @property
-    def uses_random_labels(self) -> bool:
-        return False
-
-    @property
-    def saliency_mode(self) -> str:
-        """"step", "fixed" or "none": how gradients are masked before each update."""
-        return "none"
+    def __init__(self, args: Any = None):
+        self.args = args
 
     def loss(self, model, batch: Batch, reference=None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
 
-def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"method {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str) -> type[UnlearningMethod]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SSUError(f"unknown method {name!r}{hint}; available: {', '.join(list_methods())}") from None
+METHODS: Registry[type[UnlearningMethod]] = Registry("method", "methods")

@@ -7,14 +7,25 @@ gradient ascent does not guard against. Stored as is (``sign = +1``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ssu.engine.losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll
-from ssu.methods.base import UnlearningMethod, register_method
+from ssu.errors import SSUError
+from ssu.methods.base import METHODS, UnlearningMethod
 
 
-@register_method
+@dataclass
+class RetainWeight:
+    retain_weight: float = 1.0  # weight of the retain CE beside the forget term
+
+    def __post_init__(self) -> None:
+        if self.retain_weight < 0:
+            raise SSUError("retain_weight must be >= 0")
+
+
+@METHODS.register("gd", description="gradient difference: -CE(forget) + retain_weight * CE(retain), stored as is")
 class GradientDifference(UnlearningMethod):
-    name = "gd"
-    description = "gradient difference: -CE(forget) + retain_weight * CE(retain), stored as is"
+    Args = RetainWeight
     sign = +1
     needs_retain = True
 
@@ -22,5 +33,5 @@ class GradientDifference(UnlearningMethod):
         nll, mask = forward_nll(model, batch)
         forget = group_mean_nll(nll, mask, batch, LEARN)
         retain = group_mean_nll(nll, mask, batch, RETAIN)
-        total = -forget + self.cfg.retain_weight * retain
+        total = -forget + self.args.retain_weight * retain
         return total, {"forget_ce": forget.item(), "retain_ce": retain.item()}

@@ -10,18 +10,39 @@ diverging. At theta = pi_ref the loss is exactly (2/beta) log 2. Stored as is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ssu.engine.losses import LEARN, RETAIN, Batch, forward_nll, group_mean_nll, group_row_mean, sequence_logprob
 from ssu.errors import SSUError
-from ssu.methods.base import UnlearningMethod, register_method
+from ssu.methods.base import METHODS, UnlearningMethod
 
 
-@register_method
+@dataclass
+class NPOArgs:
+    beta: float = 0.4  # inverse temperature of the preference loss
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise SSUError("npo: beta must be > 0")
+
+
+@dataclass
+class NPOWithRetainArgs(NPOArgs):
+    retain_weight: float = 1.0  # weight of the retain CE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.retain_weight < 0:
+            raise SSUError("npo-gdr: retain_weight must be >= 0")
+
+
+@METHODS.register("npo", description="negative preference optimization on sequence log-probs vs theta_{t-1}, "
+                                      "stored as is")
 class NPO(UnlearningMethod):
-    name = "npo"
-    description = "negative preference optimization on sequence log-probs vs theta_{t-1}, stored as is"
+    Args = NPOArgs
     sign = +1
     needs_reference = True
 
@@ -35,7 +56,7 @@ class NPO(UnlearningMethod):
         with torch.no_grad():
             ref_logp = sequence_logprob(forward_nll(reference, batch)[0], rows)
         ratio = logp - ref_logp
-        npo = -(2.0 / self.cfg.npo_beta) * group_row_mean(F.logsigmoid(-self.cfg.npo_beta * ratio), batch, LEARN)
+        npo = -(2.0 / self.args.beta) * group_row_mean(F.logsigmoid(-self.args.beta * ratio), batch, LEARN)
         return npo, nll, mask, {"npo": npo.item(), "log_ratio": group_row_mean(ratio, batch, LEARN).item()}
 
     def loss(self, model, batch: Batch, reference=None):
@@ -43,13 +64,12 @@ class NPO(UnlearningMethod):
         return npo, stats
 
 
-@register_method
+@METHODS.register("npo-gdr", description="NPO + retain_weight * CE(retain) (NPO-GDR), stored as is")
 class NPOWithRetain(NPO):
-    name = "npo-gdr"
-    description = "NPO + retain_weight * CE(retain) (NPO-GDR), stored as is"
+    Args = NPOWithRetainArgs
     needs_retain = True
 
     def loss(self, model, batch: Batch, reference=None):
         npo, nll, mask, stats = self.npo_terms(model, batch, reference)
         retain = group_mean_nll(nll, mask, batch, RETAIN)
-        return npo + self.cfg.retain_weight * retain, {**stats, "retain_ce": retain.item()}
+        return npo + self.args.retain_weight * retain, {**stats, "retain_ce": retain.item()}

@@ -9,15 +9,13 @@
 - Bootstrap confidence intervals for per-item values (``aggregate.py``).
 """
 
-# The metric modules are imported for their registration side effect; the registry
-# is the public way to reach them, a few helpers are re-exported for direct use.
-from ssu.metrics import jaccard, levenshtein, ngram, rouge, substring  # noqa: F401
 from ssu.metrics.aggregate import aggregate
 from ssu.metrics.jaccard import shingle_jaccard
 from ssu.metrics.levenshtein import edit_distance
 from ssu.metrics.ngram import ngram_overlap
 from ssu.metrics.privacy import loss_score, mia_auc, min_k_score, priv_leak, zlib_score
 from ssu.metrics.registry import (
+    METRICS,
     Metric,
     UnknownMetricError,
     compute,
@@ -32,7 +30,14 @@ from ssu.metrics.substring import (
     longest_common_words,
 )
 
+from ssu.registry import import_builtins
+
+# Every metric file registers itself on import; the registry is the public way to reach
+# them, a few helpers are re-exported for direct use.
+import_builtins(__name__)
+
 __all__ = [
+    "METRICS",
     "Metric",
     "UnknownMetricError",
     "accumulated_common_words",

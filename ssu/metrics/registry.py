@@ -1,11 +1,12 @@
 """Registry of text metrics, addressed by name.
 
 Evaluation configs name the metrics they want ("rougeL_recall", "lcs_chars", ...); this
-module maps those names to functions plus the metadata a report needs: whether higher
+module's :data:`METRICS` (a :class:`ssu.registry.Registry`, like every kind of component)
+maps those names to functions plus the metadata a report needs: whether higher
 is better (so plots and tables can say "lower is better for forgotten books") and how
 per-item values are aggregated. Adding a metric is one file that calls
-:func:`register_metric`; ``ssu.metrics`` imports every built-in file so they are all
-registered on import.
+:func:`register_metric`; ``ssu.metrics`` imports every built-in file
+(:func:`ssu.registry.import_builtins`) so they are all registered on import.
 
 Every metric has the same signature, ``fn(prediction, reference) -> float``. The order
 is fixed here once because rouge-score's own API takes the reference *first*; callers
@@ -14,11 +15,10 @@ of this registry never have to remember that.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ssu.errors import SSUError
+from ssu.registry import Registry, UnknownNameError
 
 MetricFn = Callable[[str, str], float]
 
@@ -40,19 +40,8 @@ class Metric:
         return float(self.fn(prediction, reference))
 
 
-class UnknownMetricError(SSUError, KeyError):
-    """Raised for a metric name that is not registered.
-
-    It is a ``KeyError`` (a lookup failed) and an ``SSUError`` (the name came from the
-    user, so the CLI prints it as one line). ``KeyError.__str__`` would quote the
-    message, so ``__str__`` is overridden to keep it readable.
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-_REGISTRY: dict[str, Metric] = {}
+UnknownMetricError = UnknownNameError  # the one unknown-name error of every registry
+METRICS: Registry[Metric] = Registry("text metric", "metrics")
 
 
 def register_metric(
@@ -62,9 +51,10 @@ def register_metric(
     aggregation: str = "mean",
     description: str = "",
 ) -> Callable[[MetricFn], MetricFn]:
-    """Decorator registering ``fn(prediction, reference) -> float`` under ``name``.
+    """Decorator registering ``fn(prediction, reference) -> float`` as the text metric ``name``.
 
-    The function is returned unchanged so it stays importable and testable directly.
+    The function is returned unchanged so it stays importable and testable directly;
+    the registry (:data:`METRICS`) holds a :class:`Metric` with its metadata.
 
     Raises:
         ValueError: ``name`` is already registered (silently replacing a metric would
@@ -77,37 +67,21 @@ def register_metric(
         )
 
     def decorator(fn: MetricFn) -> MetricFn:
-        if name in _REGISTRY:
-            raise ValueError(f"metric {name!r} is already registered")
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = Metric(name, fn, higher_is_better, aggregation, doc)
+        METRICS.add(name, Metric(name, fn, higher_is_better, aggregation, doc))
         return fn
 
     return decorator
 
 
 def get_metric(name: str) -> Metric:
-    """Return the metric registered as ``name``.
-
-    Raises:
-        UnknownMetricError: with the available names and the closest match, so a typo
-            in a config ("rougel_f") is fixed from the error message alone.
-    """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        pass
-    available = list_metrics()
-    close = difflib.get_close_matches(name, available, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnknownMetricError(
-        f"unknown metric {name!r}.{hint} Available: {', '.join(available)}"
-    )
+    """The metric registered as ``name``; :class:`UnknownNameError` (one line, closest name) otherwise."""
+    return METRICS.get(name)
 
 
 def list_metrics() -> list[str]:
     """Names of all registered metrics, sorted."""
-    return sorted(_REGISTRY)
+    return METRICS.names()
 
 
 def compute(

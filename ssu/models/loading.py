@@ -78,6 +78,30 @@ def load_model(
     return model.to(dev).eval()
 
 
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or "\\" in name or name.count("/") > 1
+
+
+def check_model(name_or_path: str, trust_remote_code: bool = False) -> None:
+    """Refuse, in one line, a model that cannot be loaded later: a path that does not exist
+    or is not a model directory, or a hub id that resolves neither from the local cache nor
+    (with network access) from the hub. Reads the model's config only, never its weights."""
+    from transformers import AutoConfig
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise SSUError(f"--model {name_or_path}: not a model directory (no config.json)")
+        return
+    if _looks_like_path(name_or_path):
+        raise SSUError(f"--model {name_or_path}: no such directory")
+    try:
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise SSUError(f"--model {name_or_path}: not a local directory, and no hub model of that name resolves "
+                       f"here (offline, or not found): {_first_line(e)}") from None
+
+
 def model_card(name_or_path: str) -> dict[str, Any]:
     """The ssu model card of a local model directory ({} for other models)."""
     path = Path(name_or_path) / SSU_MODEL_CARD

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from data_prep.fsutil import atomic_dir, atomic_write_json
+from ssu.io import atomic_dir, atomic_write_json
 from ssu.errors import SSUError
 from ssu.models.loading import SSU_MODEL_CARD
 

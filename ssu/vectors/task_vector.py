@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from data_prep.fsutil import atomic_write_bytes
+from ssu.io import atomic_write_bytes
 from ssu.errors import SSUError
 
 FORMAT_VERSION = 1

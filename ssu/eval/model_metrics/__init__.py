@@ -1,7 +1,10 @@
 """Model-level metrics: numbers computed from the model itself, not from its generations.
 
-Each is one registered file here (``register_model_metric``): perplexity per book,
-membership-inference AUCs, lm-eval tasks; probes can follow. A metric is a class with
+Each is one registered file here (``@MODEL_METRICS.register(name, outputs=...)`` on a
+class): perplexity per book, membership-inference AUCs, lm-eval tasks. The run config
+names them with their parameters, ``eval.model_metrics: [perplexity, {name: lm_eval,
+args: {tasks: [mmlu]}}]``; a metric's ``Args`` dataclass declares those parameters and
+the evaluate recipe builds ``cls(args)``. An instance has
 
 - ``missing(ctx) -> bool``: whether any of its rows for this step is not in
   ``results.jsonl`` yet (decided without loading the model);
@@ -10,19 +13,16 @@ membership-inference AUCs, lm-eval tasks; probes can follow. A metric is a class
 
 ``outputs`` maps each row's metric name to ``higher_is_better``, which report,
 compare and the notebook read; a metric whose names are only known when it runs
-(lm-eval) puts ``higher_is_better`` in each row instead. The run's config names its
-metrics in ``eval.model_metrics``; ``lm_eval`` runs whenever ``eval.lm_eval_tasks``
-is non-empty.
+(lm-eval) puts ``higher_is_better`` in each row instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ssu.eval.registry import Registry
+from ssu.registry import Registry, import_builtins
 
 
 @dataclass
@@ -35,9 +35,9 @@ class ModelContext:
     have: set  # (step, book, set, metric) of the rows already in results.jsonl
     goals: dict[str, str | None]  # set -> goal (ssu.eval.sets)
     load: Callable[[], tuple[Any, Any]]  # -> (model, tokenizer)
-    options: dict[str, Any] = field(default_factory=dict)  # per call, e.g. lm-eval tasks from the CLI
     _loaded: tuple | None = None
     _logprobs: list | None = None
+    cache: dict = field(default_factory=dict)  # what one metric computes and another may reuse
 
     @property
     def model(self):
@@ -64,43 +64,34 @@ class ModelContext:
         return (self.step, book, set_, metric) in self.have
 
 
-@dataclass(frozen=True)
 class ModelMetric:
-    name: str
-    impl: Any  # an instance with missing(ctx) and compute(ctx)
-    outputs: dict[str, bool]
+    """Base of the model-level metrics: ``cls(args)``, with ``args`` an instance of its ``Args``."""
+
+    name: str = ""
     description: str = ""
+    outputs: dict[str, bool] = {}
+    Args: type | None = None
+
+    def __init__(self, args: Any = None):
+        self.args = args
+
+    def missing(self, ctx: ModelContext) -> bool:
+        raise NotImplementedError
+
+    def compute(self, ctx: ModelContext) -> list[dict]:
+        raise NotImplementedError
 
 
-MODEL_METRICS: Registry[ModelMetric] = Registry("model metric")
+MODEL_METRICS: Registry[type[ModelMetric]] = Registry("model metric", "model-metrics")
 LM_EVAL_PREFIX = "lm_eval:"  # rows named lm_eval:<task>:<metric> (lm_eval.py)
-
-
-def register_model_metric(name: str, *, outputs: dict[str, bool], description: str = ""):
-    """Class decorator registering a model metric (see the module docstring)."""
-
-    def decorator(cls):
-        doc = description or (cls.__doc__ or "").strip().split("\n")[0]
-        MODEL_METRICS.add(name, ModelMetric(name, cls(), dict(outputs), doc))
-        return cls
-
-    return decorator
-
-
-def get_model_metric(name: str) -> ModelMetric:
-    return MODEL_METRICS.get(name)
-
-
-def list_model_metrics() -> list[str]:
-    return MODEL_METRICS.names()
 
 
 def higher_is_better(metric: str, row: dict | None = None) -> bool | None:
     """Direction of a results row's metric: text metrics, model-metric outputs, or the row's own."""
-    from ssu.metrics import get_metric, list_metrics
+    from ssu.metrics import METRICS
 
-    if metric in list_metrics():
-        return get_metric(metric).higher_is_better
+    if metric in METRICS:
+        return METRICS.get(metric).higher_is_better
     for m in MODEL_METRICS:
         if metric in m.outputs:
             return m.outputs[metric]
@@ -112,10 +103,4 @@ def is_model_metric(metric: str) -> bool:
     return metric.startswith(LM_EVAL_PREFIX) or any(metric in m.outputs for m in MODEL_METRICS)
 
 
-def _import_builtins() -> None:
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        if path.stem != "__init__":
-            __import__(f"{__name__}.{path.stem}")
-
-
-_import_builtins()
+import_builtins(__name__)

@@ -2,7 +2,8 @@
 
 The model after step T (base + the stack, as evaluation composes it) is wrapped as
 ``HFLM(pretrained=<model object>, tokenizer=...)`` -- nothing is saved or reloaded --
-and ``lm_eval.simple_evaluate`` runs ``eval.lm_eval_tasks`` (or ``ssu eval --lm-eval``).
+and ``lm_eval.simple_evaluate`` runs the tasks of its ``args`` (``eval.model_metrics:
+[{name: lm_eval, args: {tasks: [mmlu]}}]``, or ``ssu eval --lm-eval mmlu``).
 Every numeric metric lm-eval reports becomes a row ``lm_eval:<task>:<metric>`` (plus
 ``:<filter>`` when the filter is not ``none``), book ``*``, set ``lm-eval``, with its
 ``stderr``, ``ci_low``/``ci_high`` = value -/+ 1.96 stderr, ``n`` (documents scored) and
@@ -10,27 +11,37 @@ lm-eval's own ``higher_is_better``. A task already in ``results.jsonl`` for the 
 is not run again.
 
 Tasks come from lm-eval's built-in list (MMLU, ARC, ...; these download their data
-sets, so they need network access) and from ``eval.lm_eval_include``, a directory of
-task YAML files (e.g. a multiple-choice task over a local JSON lines file). When every
-task named is found there, lm-eval's ~230 built-in task folders are not indexed at
-all (that takes seconds).
+sets, so they need network access) and from ``include``, a directory of task YAML
+files (``experiments/lm_eval/`` ships an offline one). When every task named is found
+there, lm-eval's ~230 built-in task folders are not indexed at all (that takes seconds).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ssu.errors import SSUError
-from ssu.eval.model_metrics import LM_EVAL_PREFIX, ModelContext, register_model_metric
-from ssu.eval.registry import unknown_message
+from ssu.eval.model_metrics import LM_EVAL_PREFIX, MODEL_METRICS, ModelContext, ModelMetric
+from ssu.registry import unknown_message
 
 PREFIX = LM_EVAL_PREFIX
 SET = "lm-eval"
 BOOTSTRAP_ITERS = 1000  # lm-eval's bootstrap, for metrics without a closed-form stderr
 
 
-def tasks_of(ctx: ModelContext) -> list[str]:
-    return list(ctx.options.get("lm_eval_tasks") or ctx.config.eval.lm_eval_tasks)
+@dataclass
+class LMEvalArgs:
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names
+    include: str | None = None  # a directory of extra task YAML files
+    limit: int | None = None  # documents per task (None: all)
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise SSUError("lm_eval: limit must be >= 1")
+        if self.include is not None and not Path(self.include).is_dir():
+            raise SSUError(f"lm_eval: include {self.include} is not a directory")
 
 
 def _done(ctx: ModelContext, task: str) -> bool:
@@ -53,13 +64,15 @@ def task_manager(tasks: list[str], include: str | None):
     return tm
 
 
-@register_model_metric("lm_eval", outputs={}, description="lm-eval-harness tasks (eval.lm_eval_tasks)")
-class LMEval:
+@MODEL_METRICS.register("lm_eval", outputs={}, description="lm-eval-harness tasks (args: tasks, include, limit)")
+class LMEval(ModelMetric):
+    Args = LMEvalArgs
+
     def missing(self, ctx: ModelContext) -> bool:
-        return any(not _done(ctx, t) for t in tasks_of(ctx))
+        return any(not _done(ctx, t) for t in self.args.tasks)
 
     def compute(self, ctx: ModelContext) -> list[dict]:
-        tasks = [t for t in tasks_of(ctx) if not _done(ctx, t)]
+        tasks = [t for t in self.args.tasks if not _done(ctx, t)]
         if not tasks:
             return []
         try:
@@ -67,14 +80,12 @@ class LMEval:
             from lm_eval.models.huggingface import HFLM
         except ImportError as e:
             raise SSUError(f"lm-eval tasks need lm-eval: pip install -e '.[eval]' ({e})") from e
-        cfg = ctx.config.eval
-        include = ctx.options.get("lm_eval_include") or cfg.lm_eval_include
-        tm = task_manager(tasks, include)
+        tm = task_manager(tasks, self.args.include)
         # No max_length: lm-eval takes the model's own context (few-shot MMLU prompts run
         # past train.max_length); batch_size bounds the rows of each scoring forward.
-        lm = HFLM(pretrained=ctx.model, tokenizer=ctx.tokenizer, batch_size=cfg.batch_size)
+        lm = HFLM(pretrained=ctx.model, tokenizer=ctx.tokenizer, batch_size=ctx.config.eval.batch_size)
         seed = ctx.config.seed
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=cfg.lm_eval_limit,
+        out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=self.args.limit,
                               log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS, random_seed=seed,
                               numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         return rows_from_results(out, ctx.step)

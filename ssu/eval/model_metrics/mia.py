@@ -8,7 +8,7 @@ member, ssu.metrics.privacy). One row per score, book ``*``.
 
 from __future__ import annotations
 
-from ssu.eval.model_metrics import ModelContext, register_model_metric
+from ssu.eval.model_metrics import MODEL_METRICS, ModelContext, ModelMetric
 from ssu.metrics import loss_score, mia_auc, min_k_score, zlib_score
 
 SET = "removed-vs-heldout"
@@ -22,9 +22,9 @@ def _groups(ctx: ModelContext) -> tuple[list[int], list[int]]:
 
 
 # An AUC is not an "accuracy": higher = the attack separates better = more leakage.
-@register_model_metric("mia", outputs=dict.fromkeys(SCORES, False),
-                       description="membership-inference AUC, forget vs held-out (loss, zlib, min-k)")
-class MembershipInference:
+@MODEL_METRICS.register("mia", outputs=dict.fromkeys(SCORES, False),
+                        description="membership-inference AUC, forget vs held-out (loss, zlib, min-k)")
+class MembershipInference(ModelMetric):
     def missing(self, ctx: ModelContext) -> bool:
         members, nonmembers = _groups(ctx)
         return bool(members and nonmembers) and any(not ctx.has("*", SET, s) for s in SCORES)

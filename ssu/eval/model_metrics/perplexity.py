@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ssu.eval.model_metrics import ModelContext, register_model_metric
+from ssu.eval.model_metrics import MODEL_METRICS, ModelContext, ModelMetric
 from ssu.metrics import aggregate
 
 
@@ -25,8 +25,8 @@ def _books(ctx: ModelContext) -> dict[tuple[str, str], list[int]]:
     return out
 
 
-@register_model_metric("perplexity", outputs={"perplexity": False}, description="perplexity per book")
-class Perplexity:
+@MODEL_METRICS.register("perplexity", outputs={"perplexity": False}, description="perplexity per book")
+class Perplexity(ModelMetric):
     def missing(self, ctx: ModelContext) -> bool:
         return any(not ctx.has(b, s, "perplexity") for b, s in _books(ctx))
 

@@ -18,16 +18,15 @@ belongs to one set at a given step.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-from ssu.eval.registry import Registry, UnknownNameError, unknown_message
 from ssu.eval.sets.base import GOALS, EvalSet, SetContext
 from ssu.eval.sets.user import check_spec, user_set
+from ssu.registry import Registry, UnknownNameError, import_builtins, unknown_message
 
-__all__ = ["GOALS", "SETS", "EvalSet", "SetContext", "configured_sets", "evaluation_windows", "get_eval_set",
-           "list_eval_sets", "register_eval_set", "set_goals"]
+__all__ = ["GOALS", "SETS", "EvalSet", "SetContext", "configured_sets", "get_eval_set", "register_eval_set",
+           "select_windows", "set_goals"]
 
-SETS: Registry[EvalSet] = Registry("evaluation set")
+SETS: Registry[EvalSet] = Registry("evaluation set", "eval-sets")
 
 
 def register_eval_set(name: str, *, goal: str | None, label: str | None = None, description: str = ""):
@@ -43,10 +42,6 @@ def register_eval_set(name: str, *, goal: str | None, label: str | None = None, 
     return decorator
 
 
-def list_eval_sets() -> list[str]:
-    return SETS.names()
-
-
 def get_eval_set(name: str, config=None) -> EvalSet:
     """The registered set ``name``, or the user set of that name in ``config.eval.extra_sets``."""
     extra = dict(config.eval.extra_sets) if config is not None else {}
@@ -54,7 +49,7 @@ def get_eval_set(name: str, config=None) -> EvalSet:
         return SETS.get(name)
     if name in extra:
         return user_set(name, extra[name])
-    raise UnknownNameError(unknown_message("evaluation set", name, sorted(SETS.names() + list(extra))))
+    raise UnknownNameError(unknown_message(SETS.kind, name, sorted(SETS.names() + list(extra))))
 
 
 def configured_sets(config) -> list[EvalSet]:
@@ -72,11 +67,9 @@ def set_goals(config=None) -> dict[str, str | None]:
 
 
 def check_config(config) -> None:
-    """Fail on an unknown set name or a bad user set (called when a config is validated)."""
+    """Fail on an unknown set name or a bad user set (called when a run config is resolved)."""
     from ssu.errors import SSUError
 
-    if not isinstance(config.eval.sets, list) or not isinstance(config.eval.extra_sets, dict):
-        raise SSUError("eval.sets must be a list of names and eval.extra_sets a mapping of name to path")
     for name in config.eval.sets:
         SETS.get(name)
     for name, spec in config.eval.extra_sets.items():
@@ -85,20 +78,17 @@ def check_config(config) -> None:
         check_spec(name, spec)
 
 
-def evaluation_windows(run, step: int) -> list[dict]:
-    """Windows to score after ``step``, each tagged with its set; ``eval.max_windows`` per book."""
-    from data_prep import load_schedule
-    from data_prep.store import read_window_rows
+def select_windows(config, ctx: SetContext) -> list[dict]:
+    """Windows to score after ``ctx.step``, each tagged with its set; ``eval.max_windows`` per book.
 
-    cfg = run.config
-    schedule = load_schedule(cfg.data)
-    ctx = SetContext(step, read_window_rows(cfg.data),
-                     {b: s for s, books in schedule["steps"].items() for b in books}, cfg)
+    ``ctx`` holds the prepared windows and the schedule, which the caller (the evaluate
+    recipe) reads; nothing here opens a file but a user set's own.
+    """
     by_book: dict[tuple[str, str], list[dict]] = {}
-    for s in configured_sets(cfg):
+    for s in configured_sets(config):
         for w in s.select(ctx):
             by_book.setdefault((s.name, w["book"]), []).append({**w, "set": s.name})
-    rng = random.Random(cfg.seed)
+    rng = random.Random(config.seed)
     out = []
     # Books in the prepared file's order, each sampled in turn: the same seed keeps
     # choosing the same windows whichever sets are configured.
@@ -106,17 +96,11 @@ def evaluation_windows(run, step: int) -> list[dict]:
     for i, w in enumerate(ctx.windows):
         first.setdefault(w["book"], i)
     for _, ws in sorted(by_book.items(), key=lambda kv: (first.get(kv[0][1], len(first)), kv[0])):
-        if cfg.eval.max_windows and len(ws) > cfg.eval.max_windows:
-            keep = sorted(rng.sample(range(len(ws)), cfg.eval.max_windows))
+        if config.eval.max_windows and len(ws) > config.eval.max_windows:
+            keep = sorted(rng.sample(range(len(ws)), config.eval.max_windows))
             ws = [ws[i] for i in keep]
         out.extend(ws)
     return out
 
 
-def _import_builtins() -> None:
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        if path.stem not in ("__init__", "base", "user"):
-            __import__(f"{__name__}.{path.stem}")
-
-
-_import_builtins()
+import_builtins(__name__, skip=("base", "user"))

@@ -5,8 +5,9 @@ retain books, which must stay memorized) until it reproduces them; unlearning th
 removes the books one time step at a time. ``memorize`` does that for any causal LM,
 tracking greedy-continuation ROUGE-L per book and stopping once every book reaches
 ``target_rouge`` (or after ``epochs``). With ``generic_dir`` it mixes generic text into
-every micro-batch (``ssu/models/generic.py``), and it reports held-out perplexity before
-and after, so the cost of memorizing to general ability is on record.
+every micro-batch (``data_prep/generic.py``), and it reports held-out perplexity before
+and after, so the cost of memorizing to general ability is on record. Its settings are a
+:class:`MemorizeConfig`, read like every config (:func:`ssu.config.load`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.fsutil import atomic_dir, atomic_write_json
+from ssu.config import TrainSettings
 from ssu.engine.encoding import Encoded, encode_pair
-from ssu.engine.finetune import finetune
+from ssu.engine.finetune import Hooks, finetune
 from ssu.engine.forget_set import ForgetSet
 from ssu.engine.losses import LEARN, RETAIN, forward_nll, group_mean_nll
 from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
-from ssu.eval.generation import generate_continuations
+from ssu.eval.memorization import rouge_by_book
+from ssu.io import atomic_dir, atomic_write_json
+from ssu.methods.base import UnlearningMethod
 from ssu.models.loading import SSU_MODEL_CARD, load_model, load_tokenizer, model_card
 
 DEFAULT_LR = 2e-5  # for pre-trained models; tiny models carry their own recommendation
@@ -52,23 +55,19 @@ class MemorizeConfig:
     generic_weight: float = 1.0  # weight of the generic windows' NLL beside the books'
     heldout_windows: int = 64  # generic windows held out for perplexity
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1 or self.max_length < 8:
+            raise SSUError("memorize: epochs, batch_size and eval_every must be >= 1, max_length >= 8")
+        if (self.lr is not None and self.lr <= 0) or not 0 <= self.target_rouge <= 1:
+            raise SSUError("memorize: lr must be > 0 and target_rouge in [0, 1]")
+        if self.generic_pool < 1 or self.generic_weight < 0 or self.heldout_windows < 0:
+            raise SSUError("memorize: generic_pool >= 1, generic_weight >= 0, heldout_windows >= 0")
+
 
 def memorization_windows(prepared_dir: str | Path, roles=("forget", "retain")) -> list[dict]:
     from data_prep import read_window_rows
 
     return [w for w in read_window_rows(prepared_dir) if w["role"] in roles]
-
-
-def rouge_by_book(model, tokenizer, windows: list[dict], max_length: int = 512) -> dict[str, float]:
-    """Mean greedy-continuation ROUGE-L F1 per book."""
-    from ssu.metrics import get_metric
-
-    rouge = get_metric("rougeL_f").fn
-    outputs = generate_continuations(model, tokenizer, windows, max_length=max_length)
-    scores: dict[str, list[float]] = {}
-    for w, out in zip(windows, outputs):
-        scores.setdefault(w["book"], []).append(rouge(out, w["continuation"]))
-    return {b: float(np.mean(v)) for b, v in scores.items()}
 
 
 def _eval_sample(windows: list[dict], per_book: int | None, seed: int) -> list[dict]:
@@ -81,16 +80,16 @@ def _eval_sample(windows: list[dict], per_book: int | None, seed: int) -> list[d
     return [w for ws in by_book.values() for w in rng.sample(ws, min(per_book, len(ws)))]
 
 
-class _Memorize:
+class _Memorize(UnlearningMethod):
     """The memorization objective as a method for the training loop: token-mean NLL of the
     whole window (``n_prompt`` = 0), nothing masked, no random labels or reference. Generic
-    text rides in the loop's retain slot: one generic window drawn per book window."""
+    text rides in the loop's retain slot: one generic window drawn per book window.
+    Not registered: it is this recipe's, not a way to unlearn."""
 
     name = "memorize"
-    uses_random_labels = needs_reference = False
-    saliency_mode = "none"
 
     def __init__(self, generic_weight: float | None = None):
+        super().__init__()
         self.needs_retain = generic_weight is not None
         self.generic_weight = generic_weight
 
@@ -159,8 +158,7 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
     eval_windows = _eval_sample(windows, cfg.eval_windows, cfg.seed)
     generic = None
     if cfg.generic_dir is not None:
-        from data_prep import load_schedule
-        from ssu.models.generic import load_generic
+        from data_prep import load_generic, load_schedule
 
         sched = load_schedule(prepared_dir)
         generic = load_generic(cfg.generic_dir, sched["prompt_words"], sched["continuation_words"],
@@ -168,7 +166,8 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
     heldout = _heldout_sets(prepared_dir, generic)
     ppl_before = {k: heldout_perplexity(model, tokenizer, v, cfg.max_length) for k, v in heldout.items()}
     fs = ForgetSet(step=0, books=sorted({w["book"] for w in windows}), windows=windows, learn=learn,
-                   retain=[full(w) for w in generic.train] if generic else [])
+                   retain=[full(w) for w in generic.train] if generic else [], pad_id=tokenizer.pad_token_id,
+                   seed=cfg.seed)
     method = _Memorize(cfg.generic_weight if generic else None)
     n_batches = (len(learn) + cfg.batch_size - 1) // cfg.batch_size
     warmup = min(10, n_batches * cfg.epochs // 10 + 1)
@@ -193,15 +192,16 @@ def memorize(model_path: str, prepared_dir: str | Path, out_dir: str | Path,
         try:
             # The one training loop (ssu/engine/finetune.py): accumulation, clipping and the
             # finite checks are those of every unlearning step; warm-up instead of decay.
-            stats = finetune(model, method, fs, tokenizer.pad_token_id, lr=lr, epochs=cfg.epochs,
-                             batch_size=cfg.batch_size, grad_accum=1, max_grad_norm=1.0, seed=cfg.seed,
-                             progress=False, share_prompts=False, schedule=lambda _: _warmup(warmup),
-                             on_epoch=after_epoch)
+            train = TrainSettings(lr=lr, epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=1,
+                                  max_grad_norm=1.0, share_prompts=False, windows_per_backward=None,
+                                  max_length=cfg.max_length, finetune="full")
+            result = finetune(model, method, fs, train, Hooks(on_epoch=after_epoch),
+                              schedule=lambda _: _warmup(warmup))
         except SSUError as e:  # the loop's hint names the run config's key; here it is the option
             raise SSUError(str(e).replace("train.lr", "--lr")) from None
         finally:
             bar.close()
-        model = stats.pop("model")
+        model, stats = result.model, result.stats()
     reached = bool(history) and min(history[-1]["rougeL"].values()) >= cfg.target_rouge
     epoch = history[-1]["epoch"] if history else 0
     loss_val = _epoch_loss(stats, n_batches) if stats["losses"] else float("nan")

@@ -10,9 +10,9 @@ brings it to the target: ``fraction`` × its score at θ_{t−1} (default) or an
 shows where that held. Everything is deterministic: the sample is drawn with the
 step's seed and decoding is greedy.
 
-The α is applied exactly, in place (:class:`AlphaView`: a LoRA step scales its
-adapter, a full fine-tune sets θ_{t−1} + α·v in its float32 weights), so calibration
-adds generation passes but no copy of the model. :class:`EarlyStop` uses the same
+The α is applied exactly, in place (:class:`ssu.engine.alpha.AlphaView`: a LoRA step
+scales its adapter, a full fine-tune sets θ_{t−1} + α·v in its float32 weights), so
+calibration adds generation passes but no copy of the model. :class:`EarlyStop` uses the same
 target to end a step's fine-tune at the first epoch whose vector already reaches it.
 """
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-import numpy as np
+from ssu.engine.alpha import AlphaView
+from ssu.eval.memorization import mean_rouge_l
 
 
 def sample_windows(windows: Sequence[dict], n: int, seed: int) -> list[dict]:
@@ -32,12 +33,7 @@ def sample_windows(windows: Sequence[dict], n: int, seed: int) -> list[dict]:
 
 def rouge_l(model, tokenizer, windows: Sequence[dict], max_length: int) -> float:
     """Mean greedy-continuation ROUGE-L F1 (the prompt alone), the evaluation's own metric."""
-    from ssu.eval.generation import generate_continuations
-    from ssu.metrics import get_metric
-
-    rouge = get_metric("rougeL_f").fn
-    outputs = generate_continuations(model, tokenizer, windows, max_length=max_length)
-    return float(np.mean([rouge(o, w["continuation"]) for o, w in zip(outputs, windows)]))
+    return mean_rouge_l(model, tokenizer, windows, max_length)
 
 
 def calibrate_alpha(score: Callable[[float], float], settings) -> dict:
@@ -72,57 +68,6 @@ def calibrate_alpha(score: Callable[[float], float], settings) -> dict:
     if trials[-1][0] != round(hi, 6):
         measure(hi)  # leave the model at the chosen α
     return {**record, "alpha": hi, "reached": True}
-
-
-class AlphaView:
-    """Put the model the step trained at θ_{t−1} + α·v in place, exactly, and back.
-
-    ``sign`` is the method's (v = sign·Δ). LoRA (``snapshot`` is None): the step's adapter
-    scaling becomes sign·α times its own, so no weight is touched and :meth:`restore`
-    is exact. Full fine-tune: every trained weight is set to θ_{t−1} + α·v in its
-    (float32) dtype from the pre-step snapshot; with ``keep_trained`` the trained weights
-    are copied first (one more copy of the trainable weights) so :meth:`restore` gives
-    them back bit for bit -- θ_{t−1} + (θ − θ_{t−1}) is not θ in floating point.
-    """
-
-    def __init__(self, model, vector, snapshot, sign: int = -1, keep_trained: bool = False):
-        import torch
-
-        from ssu.engine.precision import STEP_ADAPTER
-
-        self.model, self.vector, self.snapshot, self.sign = model, vector, snapshot, sign
-        if snapshot is None:
-            from peft.tuners.lora import LoraLayer
-
-            base = model.get_base_model()
-            self.layers = [m for m in base.modules() if isinstance(m, LoraLayer) and STEP_ADAPTER in m.scaling]
-            self.own = [m.scaling[STEP_ADAPTER] for m in self.layers]
-            self.adapter = STEP_ADAPTER
-        else:
-            self.params = dict(model.named_parameters())
-            self.trained = ({k: self.params[k].detach().clone() for k in vector.keys()} if keep_trained else None)
-        self._torch = torch
-
-    def apply(self, a: float) -> None:
-        if self.snapshot is None:
-            for m, s in zip(self.layers, self.own):
-                m.scaling[self.adapter] = s * self.sign * a
-            return
-        with self._torch.no_grad():
-            for k in self.vector.keys():
-                p = self.params[k]
-                p.copy_(self.snapshot[k].to(p.device) + a * self.vector[k].to(p.device))
-
-    def restore(self) -> None:
-        if self.snapshot is None:
-            for m, s in zip(self.layers, self.own):
-                m.scaling[self.adapter] = s
-            return
-        if self.trained is None:
-            raise RuntimeError("AlphaView(keep_trained=False) cannot restore the trained weights")
-        with self._torch.no_grad():
-            for k, t in self.trained.items():
-                self.params[k].copy_(t)
 
 
 def calibrate_step(model, vector, snapshot, fs, tokenizer, cfg, seed: int, sign: int = -1) -> dict:

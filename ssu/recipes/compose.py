@@ -2,7 +2,8 @@
 
 :func:`load_composed` builds the model that steps train on and evaluation measures,
 exact to the vectors in every dtype (see :mod:`ssu.engine.precision` for how half-precision
-runs keep the vectors unrounded). :func:`compose_to_dir` (``ssu compose``) exports the
+runs keep the vectors unrounded). The stack itself (:class:`ssu.vectors.VectorStack`)
+knows nothing of run directories; this recipe reads one. :func:`compose_to_dir` (``ssu compose``) exports the
 composed weights as a standard Hugging Face model directory: float32 by default
 (exact), or rounded to a half dtype for deployment, with a per-step report of how much
 of each vector the rounding kept.
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from data_prep.fsutil import atomic_dir, atomic_write_json
 from ssu.engine.precision import attach_lora_stack, autocast_forward, is_half
 from ssu.errors import SSUError
+from ssu.io import atomic_dir, atomic_write_json
 from ssu.models.loading import DTYPES, SSU_MODEL_CARD, load_model, load_tokenizer, resolve_device, resolve_dtype
-from ssu.run import RunDir
+from ssu.recipes.run_dir import RunDir
 from ssu.vectors.io import load_vector
 from ssu.vectors.stack import StackEntry, VectorStack
 

@@ -11,28 +11,41 @@ the α that still removes the book with the damped vector. EWC-style; SUV (Xu et
 2025) uses Fisher regularization for one-shot unlearning. Full fine-tunes only: the
 damping is per weight of the dense change (a LoRA vector's factors have no such entries).
 
-Config: ``fisher_lambda`` (λ, default 10), ``fisher_windows`` (retain windows used, 16).
+Memory: one float32 Fisher per trainable weight (4 bytes per parameter) for the step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ssu.engine.regularizers.base import Regularizer, register_regularizer, step_retain_fisher
+from ssu.errors import SSUError
+from ssu.regularizers.base import REGULARIZERS, Regularizer, step_retain_fisher
 
 
-@register_regularizer
+@dataclass
+class FisherArgs:
+    lam: float = 10.0  # λ: how strongly a weight's Fisher damps its change
+    windows: int = 16  # retain windows the Fisher is taken from
+
+    def __post_init__(self) -> None:
+        if self.lam < 0 or self.windows < 1:
+            raise SSUError("fisher: lam must be >= 0 and windows >= 1")
+
+
+@REGULARIZERS.register("fisher", description="damp the step's change by 1 / (1 + λ F / mean F), "
+                                             "F: retain-window Fisher at θ_{t-1}")
 class FisherDamping(Regularizer):
-    name = "fisher"
-    description = "damp the step's change by 1 / (1 + λ F / mean F), F: retain-window Fisher at θ_{t-1}"
+    Args = FisherArgs
     needs_retain = True
+    fsdp = False  # the Fisher and the damping are per weight of the whole tensor
 
-    def prepare(self, model, fs, tokenizer) -> None:
-        fisher, self.windows = step_retain_fisher(self.name, model, fs, tokenizer, self.cfg.fisher_windows,
-                                                  self.cfg.seed)
+    def prepare(self, model, fs) -> None:
+        fisher, self.windows = step_retain_fisher(self.name, model, fs, self.args.windows, self.seed)
         total = sum(float(f.sum(dtype=torch.float64)) for f in fisher.values())
         mean = total / sum(f.numel() for f in fisher.values())
-        self.scale = {n: 1.0 / (1.0 + self.cfg.fisher_lambda * f / mean) for n, f in fisher.items()}
+        self.scale = {n: 1.0 / (1.0 + self.args.lam * f / mean) for n, f in fisher.items()}
 
     def vector(self, vector, model):
         from ssu.vectors import TaskVector
@@ -40,4 +53,4 @@ class FisherDamping(Regularizer):
         return TaskVector({k: vector[k] * self.scale[k].to(vector[k].device) for k in vector.keys()})
 
     def record(self) -> dict:
-        return {"lambda": self.cfg.fisher_lambda, "windows": self.windows}
+        return {"lambda": self.args.lam, "windows": self.windows}

@@ -1,4 +1,5 @@
-"""The run directory: the only state of a sequential-unlearning run.
+"""The run directory: the only state of a sequential-unlearning run, and the only code
+(with the other recipes) that knows its layout.
 
 Layout::
 
@@ -19,9 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from data_prep.fsutil import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_file
-from ssu.config import RunConfig
+from ssu.config import RunConfig, load
 from ssu.errors import SSUError
+from ssu.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, sha256_file
+from ssu.recipes.migrate import is_legacy, migrate, notice
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
@@ -38,7 +40,11 @@ class RunDir:
             raise SSUError(f"{self.path} is not a run directory (no {CONFIG}); create it with `ssu init`")
         record = read_json(self.path / CONFIG)
         self.record = record
-        self.config = RunConfig.from_dict(record["config"])
+        config = record["config"]
+        if is_legacy(record):
+            config = migrate(config)
+            notice(self.path)
+        self.config = load(RunConfig, config, where=str(self.path / CONFIG))
 
     # --- paths -------------------------------------------------------------------
     def step_dir(self, step: int) -> Path:

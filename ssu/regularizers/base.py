@@ -1,6 +1,8 @@
-"""The regularizer interface, its registry, and what several regularizers share.
+"""The regularizer interface, its registry (:data:`REGULARIZERS`), and what several share.
 
-A regularizer acts at fixed points of a step, whatever the method:
+A regularizer is named in the run config's ``regularizers: [{name, args}, ...]`` and
+takes its parameters from its own ``Args`` dataclass. It acts at fixed points of a
+step, whatever the method:
 
 - :meth:`Regularizer.prepare` before the fine-tune, at θ_{t−1} (compute a Fisher,
   register gradient hooks, encode its own rows);
@@ -13,33 +15,35 @@ A regularizer acts at fixed points of a step, whatever the method:
 
 from __future__ import annotations
 
-import difflib
 import random
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
 from ssu.errors import SSUError
-
-_REGISTRY: dict[str, type[Regularizer]] = {}
+from ssu.registry import Registry
 
 
 class Regularizer:
-    """Acts on one time step; subclasses override the hooks they need."""
+    """Acts on one time step; subclasses register with ``@REGULARIZERS.register("name",
+    description=...)``, declare ``Args`` and override the hooks they need."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Args: ClassVar[type | None] = None
     needs_retain: ClassVar[bool] = False  # the step's forget set must carry retain windows
+    needs_earlier: ClassVar[bool] = False  # ... and the windows of books removed at earlier steps
     needs_reference: ClassVar[bool] = False  # loss() compares against the frozen θ_{t−1}
     has_loss: ClassVar[bool] = False  # loss() adds a term to every backward
     fsdp: ClassVar[bool] = True  # works on FSDP shards
 
-    def __init__(self, cfg, sign: int = -1):
-        self.cfg = cfg
+    def __init__(self, args: Any = None, *, sign: int = -1, seed: int = 0):
+        self.args = args
         self.sign = sign  # the method's: stored vector = sign * (theta_ft - theta_prev)
+        self.seed = seed  # the run's seed (a step's own is ``fs.seed``)
 
-    def prepare(self, model, fs, tokenizer) -> None:
+    def prepare(self, model, fs) -> None:
         """Before the fine-tune, at θ_{t−1} (``model`` is the trainable model)."""
 
     def loss(self, model, batch, reference) -> tuple[torch.Tensor, dict[str, float]]:
@@ -104,7 +108,7 @@ def draw_rows(rows: list, rng: random.Random, n: int | None, batch) -> list:
     return [(rows[rng.randrange(len(rows))], LEARN) for _ in range(max(k, 1))]
 
 
-def step_retain_fisher(name: str, model, fs, tokenizer, windows: int, seed: int) -> tuple[dict, int]:
+def step_retain_fisher(name: str, model, fs, windows: int, seed: int) -> tuple[dict, int]:
     """The retain Fisher of a full fine-tune's step at θ_{t−1}, from ``windows`` retain rows;
     one-line errors for a LoRA step or a layout without retain books.
 
@@ -117,7 +121,7 @@ def step_retain_fisher(name: str, model, fs, tokenizer, windows: int, seed: int)
     key = ("retain_fisher", windows, seed)
     if key not in fs.shared:
         rows = sample(fs.retain, windows, seed)
-        fs.shared[key] = retain_fisher(model, rows, tokenizer.pad_token_id), len(rows)
+        fs.shared[key] = retain_fisher(model, rows, fs.pad_id), len(rows)
     return fs.shared[key]
 
 
@@ -158,21 +162,4 @@ def require_full(name: str, model) -> None:
         raise SSUError(f"regularizer {name!r} needs train.finetune: full (it acts on each weight of the change)")
 
 
-def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"regularizer {cls.__name__}: missing or duplicate name {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_regularizers() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_regularizer(name: str) -> type[Regularizer]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SSUError(f"unknown regularizer {name!r}{hint}; available: {', '.join(list_regularizers())}") from None
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer", "regularizers")

@@ -21,9 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ssu.config import load
 from ssu.errors import SSUError
-from ssu.models.memorize import MemorizeConfig, load_record, memorize
-from ssu.run import CONFIG, RunDir
+from ssu.recipes.evaluate import evaluate_step, load_results
+from ssu.recipes.init import init_run
+from ssu.recipes.memorize import MemorizeConfig, load_record, memorize
+from ssu.recipes.run_dir import CONFIG, RunDir
 
 MODEL, EVAL = "model", "eval"
 
@@ -47,19 +50,18 @@ def recipe(memorized_model: str | Path) -> tuple[str, MemorizeConfig]:
     if not Path(source).exists() and Path(source).is_absolute():
         raise SSUError(f"the pre-memorization model {source} recorded in {memorized_model} is gone")
     known = MemorizeConfig.__dataclass_fields__
-    return source, MemorizeConfig(**{k: v for k, v in record["config"].items() if k in known})
+    return source, load(MemorizeConfig, {k: v for k, v in record["config"].items() if k in known},
+                        where=f"{memorized_model}/memorize.json")
 
 
 def retrain(memorized_model: str | Path, prepared_dir: str | Path, out_dir: str | Path, step: int,
-            run_overrides: dict[str, Any] | None = None, progress: bool = True) -> dict:
+            run_overrides: dict[str, Any] | None = None, progress: bool = True,
+            sets: list[tuple[str, Any]] | tuple = ()) -> dict:
     """Retrain without the books of steps <= ``step`` and evaluate; return a summary.
 
-    ``run_overrides`` (seed, eval settings, ...) configure the evaluation run so that
-    its windows and metrics match the unlearning runs it is compared with.
+    ``run_overrides`` and ``sets`` (seed, eval settings, ...) configure the evaluation run so
+    that its windows and metrics match the unlearning runs it is compared with.
     """
-    from ssu.eval.evaluate import evaluate_step, load_results
-    from ssu.step import init_run
-
     out_dir = Path(out_dir)
     excluded = removed_books(prepared_dir, step)
     model_dir = out_dir / MODEL
@@ -75,7 +77,7 @@ def retrain(memorized_model: str | Path, prepared_dir: str | Path, out_dir: str 
     if not (eval_dir / CONFIG).is_file():
         overrides = {**(run_overrides or {}), "model": str(model_dir.resolve()),
                      "data": str(Path(prepared_dir).resolve()), "method": "tv"}
-        init_run(eval_dir, overrides)
+        init_run(eval_dir, overrides, sets=sets)
     elif Path(RunDir(eval_dir).config.model) != model_dir.resolve():
         raise SSUError(f"{eval_dir} evaluates another model; delete it or choose another OUT_DIR")
     evaluate_step(eval_dir, step, progress=progress, base_only=True)

@@ -17,8 +17,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.errors import PrepError
 from data_prep.windows import make_windows
-from ssu.errors import SSUError
 
 HELDOUT_STRIDE = 20  # one file in 20 is held out
 
@@ -46,10 +46,10 @@ def load_generic(directory: str | Path, prompt_words: int, continuation_words: i
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise SSUError(f"generic text directory {directory} does not exist")
+        raise PrepError(f"generic text directory {directory} does not exist")
     files = _files(directory)
     if not files:
-        raise SSUError(f"{directory} holds no .txt files of generic text")
+        raise PrepError(f"{directory} holds no .txt files of generic text")
     rows: list[dict] = []
     for i, path in enumerate(files):
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -57,7 +57,7 @@ def load_generic(directory: str | Path, prompt_words: int, continuation_words: i
             rows.append({"book": f"generic:{path.stem}", "file": i, "window": j,
                          "prompt": prompt, "continuation": continuation, "role": "generic"})
     if not rows:
-        raise SSUError(f"the files under {directory} are shorter than one window "
+        raise PrepError(f"the files under {directory} are shorter than one window "
                        f"({prompt_words} + {continuation_words} words)")
     rng = random.Random(seed)
     # One file in HELDOUT_STRIDE (at least the last) is held out whole.
@@ -69,7 +69,7 @@ def load_generic(directory: str | Path, prompt_words: int, continuation_words: i
     if heldout and not held:  # a single file: hold out its last windows instead
         held, train = train[-heldout:], train[:-heldout]
     if not train:
-        raise SSUError(f"{directory} has too little generic text to train on after holding out {heldout} windows")
+        raise PrepError(f"{directory} has too little generic text to train on after holding out {heldout} windows")
     held = rng.sample(held, min(heldout, len(held)))
     train = rng.sample(train, min(pool, len(train)))
     return GenericText(train=train, heldout=held, files=len(files))

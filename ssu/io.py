@@ -1,11 +1,12 @@
-"""Crash-safe file writing.
+"""Crash-safe files: every artifact of every stage is written through here.
 
 Every artifact is written to a temporary file in the destination directory and
 renamed into place, so a reader (or a re-run after SIGKILL) sees either the old
-artifact or the complete new one, never a half-written file.
+artifact or the complete new one, never a half-written file. JSON is written with
+sorted keys, so the same content gives the same bytes (and the same sha256).
 
-Both packages write artifacts this way. It lives in ``data_prep``, the first stage,
-because ``data_prep`` depends on nothing in ``ssu`` (``ssu`` imports it from here).
+The bottom layer of the package (docs/architecture.md): ``data_prep`` and every
+stage of ``ssu`` import it; it imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -120,3 +121,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def write_figure(fig, path: str | os.PathLike) -> Path:
+    """Render a matplotlib figure to PNG in memory, write it atomically, close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

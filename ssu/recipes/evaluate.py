@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.fsutil import atomic_write_jsonl, read_jsonl
+from ssu.config import ComponentSpec, RunConfig
 from ssu.errors import SSUError
 from ssu.eval.generation import generate_continuations
-from ssu.eval.logprobs import token_logprobs  # noqa: F401 - re-exported: the public place it was
-from ssu.eval.model_metrics import ModelContext, get_model_metric
-from ssu.eval.model_metrics.perplexity import saturating_exp as _exp  # noqa: F401 - kept for callers
-from ssu.eval.sets import evaluation_windows, set_goals
+from ssu.eval.model_metrics import ModelContext
+from ssu.eval.sets import SetContext, select_windows, set_goals
+from ssu.io import atomic_write_jsonl, read_jsonl
 from ssu.metrics import aggregate, get_metric
-from ssu.run import RESULTS, RunDir
+from ssu.recipes.components import build_model_metrics
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RESULTS, RunDir
 
 GENERATIONS = "generations.jsonl"
 
@@ -39,8 +40,6 @@ def _window_key(w: dict) -> tuple:
 
 
 def _load_model_for(run: RunDir, step: int, base_only: bool = False):
-    from ssu.vectors.compose import load_composed
-
     if base_only:
         return load_composed(run, upto=0)
     if step != 0 and step not in run.completed_steps():
@@ -48,12 +47,29 @@ def _load_model_for(run: RunDir, step: int, base_only: bool = False):
     return load_composed(run, upto=step)
 
 
-def model_metric_names(cfg, lm_eval_tasks: list[str] | None = None) -> list[str]:
-    """The run's model metrics; ``lm_eval`` joins them whenever there are tasks to run."""
-    names = list(cfg.eval.model_metrics)
-    if (lm_eval_tasks or cfg.eval.lm_eval_tasks) and "lm_eval" not in names:
-        names.append("lm_eval")
-    return names
+def evaluation_windows(cfg: RunConfig, step: int) -> list[dict]:
+    """Windows to score after ``step``, each tagged with its set (the prepared data and the
+    schedule read here, the selection made by ``ssu.eval.sets``)."""
+    from data_prep import load_schedule, read_window_rows
+
+    schedule = load_schedule(cfg.data)
+    ctx = SetContext(step, read_window_rows(cfg.data),
+                     {b: s for s, books in schedule["steps"].items() for b in books}, cfg)
+    return select_windows(cfg, ctx)
+
+
+def model_metric_specs(cfg: RunConfig, lm_eval_tasks: list[str] | None = None,
+                       lm_eval_include: str | None = None) -> list[ComponentSpec]:
+    """The run's model metrics; ``ssu eval --lm-eval`` adds its tasks to lm_eval's (or adds lm_eval)."""
+    specs = [ComponentSpec(m.name, dict(m.args)) for m in cfg.eval.model_metrics]
+    if not lm_eval_tasks:
+        return specs
+    for s in specs:
+        if s.name == "lm_eval":
+            s.args["tasks"] = list(dict.fromkeys(list(s.args.get("tasks") or []) + lm_eval_tasks))
+            s.args["include"] = lm_eval_include or s.args.get("include")
+            return specs
+    return specs + [ComponentSpec("lm_eval", {"tasks": lm_eval_tasks, "include": lm_eval_include})]
 
 
 def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
@@ -72,26 +88,21 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
     cfg = run.config
     names = metrics or cfg.eval.metrics
     metric_objs = {n: get_metric(n) for n in names}  # fails early on an unknown name
-    model_metrics = [get_model_metric(n) for n in model_metric_names(cfg, lm_eval_tasks)]
+    model_metrics = build_model_metrics(model_metric_specs(cfg, lm_eval_tasks, lm_eval_include))
     step_dir = run.step_dir(step)
     gen_path = step_dir / GENERATIONS
     results_path = run.path / RESULTS
     results = read_jsonl(results_path)
     have = {_key(r) for r in results}
-    windows = evaluation_windows(run, step)
+    windows = evaluation_windows(cfg, step)
     books = sorted({(w["book"], w["set"]) for w in windows})
     todo_text = [n for n in names if any((step, b, s, n) not in have for b, s in books)]
 
-    loaded: list = []
-
     def load():
-        if not loaded:
-            loaded.extend([_load_model_for(run, step, base_only), load_tokenizer(cfg.model, cfg.trust_remote_code)])
-        return loaded[0], loaded[1]
+        return _load_model_for(run, step, base_only), load_tokenizer(cfg.model, cfg.trust_remote_code)
 
-    ctx = ModelContext(config=cfg, step=step, windows=windows, have=have, goals=set_goals(cfg), load=load,
-                       options={"lm_eval_tasks": lm_eval_tasks, "lm_eval_include": lm_eval_include})
-    todo_model = [m for m in model_metrics if m.impl.missing(ctx)]
+    ctx = ModelContext(config=cfg, step=step, windows=windows, have=have, goals=set_goals(cfg), load=load)
+    todo_model = [m for m in model_metrics if m.missing(ctx)]
     if not todo_text and not todo_model:
         return []
 
@@ -99,7 +110,7 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
     done = {_window_key(g) for g in generations}
     pending = [w for w in windows if _window_key(w) not in done]
     if todo_text and pending:
-        model, tokenizer = load()
+        model, tokenizer = ctx.model, ctx.tokenizer
         outputs = generate_continuations(model, tokenizer, pending, batch_size=cfg.eval.batch_size,
                                          max_length=cfg.train.max_length, progress=progress,
                                          tokens_per_batch=cfg.eval.tokens_per_batch)
@@ -122,7 +133,7 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
                 values = [m.fn(g["output"], g["reference"]) for g in gs]
                 new.append(_row(step, book, set_, name, values, cfg.seed))
     for m in todo_model:
-        new.extend(r for r in m.impl.compute(ctx) if _key(r) not in have)
+        new.extend(r for r in m.compute(ctx) if _key(r) not in have)
     atomic_write_jsonl(results_path, results + new)
     return new
 

@@ -10,29 +10,26 @@ metric is better high or low come from the registries (``ssu.eval.sets``,
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.fsutil import atomic_write_bytes
 from ssu.errors import SSUError
-from ssu.eval.evaluate import load_results
 from ssu.eval.model_metrics import higher_is_better, is_model_metric
 from ssu.eval.sets import SETS, set_goals
+from ssu.io import write_figure as save_figure
+from ssu.recipes.evaluate import load_results
+from ssu.recipes.run_dir import RunDir
 
 
 def _schedule_step(run_dir: Path) -> dict[str, int]:
     from data_prep import load_schedule
-    from ssu.run import RunDir
 
     steps = load_schedule(RunDir(run_dir).config.data)["steps"]
     return {b: s for s, books in steps.items() for b in books}
 
 
 def _goals(run_dir: Path | None) -> dict[str, str | None]:
-    from ssu.run import RunDir
-
     return set_goals(RunDir(run_dir).config if run_dir is not None else None)
 
 
@@ -194,15 +191,3 @@ def write_plots(run_dir: str | Path, metric: str = "rougeL_f") -> list[Path]:
                xlim=(-0.02, 1.05), ylim=(-0.02, 1.05))
         paths.append(save_figure(fig, out_dir / "tradeoff.png"))
     return paths
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Render ``fig`` to PNG in memory, write it atomically, close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
