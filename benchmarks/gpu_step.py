@@ -161,10 +161,11 @@ def reference(model, fs, pad_id: int, device: torch.device, lr: float) -> dict:
 
 
 def ours(model, fs, pad_id: int, device: torch.device, cfg) -> dict:
+    from ssu.step import _prepare_trainable
+
     from ssu.engine.finetune import finetune
     from ssu.engine.precision import autocast_forward
     from ssu.methods import get_method
-    from ssu.step import _prepare_trainable
 
     if cfg.train.finetune == "full" and model.dtype != torch.float32:  # master weights, as ssu step does
         model = autocast_forward(model.float(), model.dtype)
@@ -192,10 +193,11 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
 
+    from ssu.step import _device_defaults
+
     from ssu.config import merge, parse_set, resolve
     from ssu.engine.forget_set import build_forget_set
     from ssu.models.tiny import train_tokenizer
-    from ssu.step import _device_defaults
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)

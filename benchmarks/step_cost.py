@@ -82,8 +82,9 @@ class TrainMemory:
 
 
 def build_world(work: Path, n_books: int, words: int, mem_epochs: int) -> dict:
-    from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.memorize import MemorizeConfig, memorize
+
+    from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
 
     if (work / "memorized" / "memorize.json").is_file():
@@ -129,13 +130,13 @@ def _warm_up(work: Path, finetune: str = "full") -> None:
     from dataclasses import replace
 
     import torch
+    from ssu.step import _prepare_trainable
 
     from ssu.config import resolve
     from ssu.engine.finetune import finetune as run_finetune
     from ssu.engine.forget_set import build_forget_set
     from ssu.methods import get_method
     from ssu.models.loading import load_model, load_tokenizer
-    from ssu.step import _prepare_trainable
 
     cfg = resolve({"train": {"finetune": finetune}})
     tok = load_tokenizer(str(work / "memorized"))

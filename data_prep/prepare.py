@@ -27,9 +27,9 @@ from typing import Any
 
 from data_prep.clean import clean_text
 from data_prep.errors import PrepError, out_dir_exists
-from ssu.io import atomic_dir, atomic_write_json, atomic_write_text
 from data_prep.layout import check_unique_content, discover_layout
 from data_prep.windows import count_words, make_windows, truncate_words
+from ssu.io import atomic_dir, atomic_write_json, atomic_write_text
 
 FORMAT_VERSION = 1
 SCHEDULE_FILE = "schedule.json"

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from data_prep import read_window_rows
-from ssu.models.loading import load_tokenizer
 from ssu.models.memorize import rouge_by_book
 from ssu.run import RunDir
 from ssu.vectors.compose import load_composed
+
+from data_prep import read_window_rows
+from ssu.models.loading import load_tokenizer
 
 
 def main() -> None:

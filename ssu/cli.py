@@ -386,7 +386,7 @@ def compare(config_file):
     cc = load_compare_config(config_file)
     summary = run_comparison(cc, log=click.echo)
     click.echo(format_table(summary))
-    click.echo(f"wrote {cc.out_dir / 'comparison.md'}, {cc.out_dir / 'comparison.json'}, "
+    click.echo(f"wrote {cc.out / 'comparison.md'}, {cc.out / 'comparison.json'}, "
                + ", ".join(summary["plots"]))
 
 

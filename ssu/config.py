@@ -175,12 +175,40 @@ class RunConfig:
 
 
 def _error(e: Exception, where: str) -> SSUError:
-    """One line from an OmegaConf error, naming the key."""
+    """One line from an OmegaConf error, naming the key (and the closest known key)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0].strip() if str(e).strip() else type(e).__name__
     msg = msg.removeprefix("Merge error: ")
     prefix = f"{where}: " if where else ""
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and key and msg.startswith("Key "):
+        hint = msg.partition("Did you mean: ")[2].rstrip("?")
+        return SSUError(f"{prefix}unknown config key {key!r}" + (f". Did you mean {hint}?" if hint else ""))
     return SSUError(f"{prefix}config key {key!r}: {msg}" if key else f"{prefix}{msg}")
+
+
+def _check_set_key(cls, cfg, key: str) -> None:
+    """A ``--set`` key the schema does not know (with the closest field), or one that indexes
+    past the end of a list, said plainly."""
+    import difflib
+
+    from omegaconf import ListConfig, OmegaConf
+
+    parts = key.split(".")
+    tp: Any = cls
+    for i, part in enumerate(parts):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp)]
+            if part not in names:
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f". Did you mean {'.'.join(parts[:i] + close)!r}?" if close else ""
+                raise SSUError(f"unknown config key {key!r}{hint}")
+        tp = _type_at(cls, parts[: i + 1])
+    for i, part in enumerate(parts[1:], start=1):
+        node = OmegaConf.select(cfg, ".".join(parts[:i]))
+        if isinstance(node, ListConfig) and part.isdigit() and int(part) >= len(node):
+            raise SSUError(f"--set {key}: {'.'.join(parts[:i])} has {len(node)} entr{'y' if len(node) == 1 else 'ies'}")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -266,8 +294,13 @@ def load(cls: type[C], *layers: dict[str, Any] | None, sets: list[tuple[str, Any
                                    f"got {layer!r}")
                 cfg = OmegaConf.merge(cfg, normalize(cls, layer))
         for key, value in sets:
+            _check_set_key(cls, cfg, key)
             value = _shorthand(_type_at(cls, key.split(".")), value)
             OmegaConf.update(cfg, key, value, merge=True)
+        order = {f.name: i for i, f in enumerate(dataclasses.fields(cls))}
+        missing = sorted(OmegaConf.missing_keys(cfg), key=lambda k: (order.get(k.split(".")[0], len(order)), k))
+        if missing:
+            raise SSUError(f"{where + ' ' if where else ''}needs {', '.join(missing)}")
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise _error(e, where) from None

@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from data_prep import prepare_books, write_synthetic_corpus
 from ssu.config import merge
-from ssu.models.memorize import MemorizeConfig, memorize
 from ssu.models.tiny import make_tiny_model
-from ssu.step import init_run
+from ssu.recipes.init import init_run
+from ssu.recipes.memorize import MemorizeConfig, memorize
 
-# One thread for the whole suite (several test modules set it at import anyway): results in
-# the last bits then do not depend on which modules were collected, and the digests of
-# test_reproducible.py hold on any machine.
-torch.set_num_threads(1)
+# No thread count is pinned: the suite holds under OMP_NUM_THREADS=1 and 2 and any
+# ATEN_CPU_CAPABILITY, because no test compares bits across runs that could differ in
+# either (tests/test_reproducible.py says what is compared, and how).
 
 # Settings measured to memorize the 24 windows in ~35 epochs (about 2 s of CPU time);
 # lr 6e-3 with batch 8 reaches ROUGE-L 1.0 on every book, 3e-3 only scrapes 0.91.
@@ -90,6 +88,33 @@ def run_dir(init_test_run, tmp_path) -> Callable[..., Path]:
         return init_test_run(tmp_path / name, method, **overrides)
 
     return _make
+
+
+def forget_set_of(prepared, step: int, tokenizer, *, retain: bool = False, earlier: bool = False, **kwargs):
+    """The forget set ``ssu step`` builds for ``step`` of a prepared directory (kwargs: k_random,
+    with_random, seed, max_length)."""
+    from ssu.engine.forget_set import build_forget_set
+    from ssu.recipes.step import step_windows
+
+    books, windows, retain_rows, earlier_rows = step_windows(prepared, step)
+    return build_forget_set(step, windows, tokenizer, retain=retain_rows if retain else None,
+                            earlier=earlier_rows if earlier else None, books=books, **kwargs)
+
+
+def make_method(name: str, **args):
+    """The registered method ``name`` with ``args`` over its defaults (as a run config would give them)."""
+    from ssu.config import build
+    from ssu.methods import METHODS
+
+    cls = METHODS.get(name)
+    return cls(build(cls.Args, args if cls.Args else None, where=f"method {name}"))
+
+
+def train_settings(**kw):
+    """TrainSettings for a direct ``finetune`` call: full fine-tune, the whole micro-batch per backward."""
+    from ssu.config import TrainSettings
+
+    return TrainSettings(**{"finetune": "full", "windows_per_backward": None, "grad_accum": 1, **kw})
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ssu.cli import main
 from ssu.config import RunConfig
-from ssu.methods import list_methods
-from ssu.run import RunDir, model_fingerprint
+from ssu.methods import METHODS
+from ssu.methods.ssu import SSUArgs
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RunDir, model_fingerprint
 from ssu.vectors import load_vector
-from ssu.vectors.compose import load_composed
 
 # Small full fine-tune so a CLI step takes about a second.
 FAST = ["--set", "device=cpu", "--set", "train.finetune=full", "--set", "train.lr=1e-3",
@@ -73,7 +74,9 @@ def test_init_records_every_hyperparameter_and_versions(synthetic_world, tmp_pat
     assert "initialised" in result.stdout and "method ssu" in result.stdout
     record = config_of(run)
     cfg = record["config"]
-    assert key_paths(cfg) == key_paths(RunConfig().to_dict())  # every key, resolved
+    assert key_paths(cfg) >= key_paths(RunConfig().to_dict())  # every key, resolved
+    assert cfg["method"] == {"name": "ssu", "args": dataclasses.asdict(SSUArgs())}  # the method's own args, filled
+    assert record["format"] == 2
     assert cfg["model"] == str(synthetic_world.memorized.resolve())
     assert cfg["data"] == str(synthetic_world.prepared.resolve())
     # Unset lr/epochs come from the tiny model's card (LoRA by default).
@@ -95,24 +98,24 @@ def test_init_records_every_hyperparameter_and_versions(synthetic_world, tmp_pat
 
 def test_init_set_and_config_file_are_honoured(synthetic_world, tmp_path):
     common = ["--model", synthetic_world.memorized, "--data", synthetic_world.prepared]
-    ssu("init", tmp_path / "a", *common, "--set", "train.lr=0.002", "--set", "epsilon=0",
+    ssu("init", tmp_path / "a", *common, "--set", "train.lr=0.002", "--set", "method.args.epsilon=0",
         "--set", "train.lora.r=8", "--set", "train.lora.target_modules=[c_attn]")
     cfg = config_of(tmp_path / "a")["config"]
-    assert cfg["train"]["lr"] == 0.002 and cfg["epsilon"] == 0
+    assert cfg["train"]["lr"] == 0.002 and cfg["method"]["args"]["epsilon"] == 0
     assert cfg["train"]["lora"]["r"] == 8 and cfg["train"]["lora"]["target_modules"] == ["c_attn"]
-    assert cfg["k_random"] == RunConfig().k_random  # untouched keys keep their defaults
+    assert cfg["method"]["args"]["k_random"] == 3  # untouched keys keep their defaults, written out
 
     # Exponent notation is a number, as in Python (PyYAML alone would read 2e-3 as text).
-    ssu("init", tmp_path / "sci", *common, "--set", "train.lr=2e-3", "--set", "saliency_density=5E-2")
+    ssu("init", tmp_path / "sci", *common, "--set", "train.lr=2e-3", "--set", "method.args.saliency_density=5E-2")
     cfg = config_of(tmp_path / "sci")["config"]
-    assert cfg["train"]["lr"] == 0.002 and cfg["saliency_density"] == 0.05
+    assert cfg["train"]["lr"] == 0.002 and cfg["method"]["args"]["saliency_density"] == 0.05
 
     yaml_file = tmp_path / "cfg.yaml"
     yaml_file.write_text("method: ssu-no-saliency\nseed: 11\ntrain:\n  finetune: full\n  lr: 0.0005\n"
                          "  batch_size: 4\neval:\n  max_windows: 3\n")
     ssu("init", tmp_path / "b", *common, "--config", yaml_file, "--set", "train.batch_size=1")
     cfg = config_of(tmp_path / "b")["config"]
-    assert cfg["method"] == "ssu-no-saliency" and cfg["seed"] == 11 and cfg["eval"]["max_windows"] == 3
+    assert cfg["method"]["name"] == "ssu-no-saliency" and cfg["seed"] == 11 and cfg["eval"]["max_windows"] == 3
     assert cfg["train"]["finetune"] == "full" and cfg["train"]["lr"] == 0.0005
     assert cfg["train"]["batch_size"] == 1  # --set wins over the file
     # epochs unset: the card's advice for the *full* fine-tune the file chose
@@ -120,20 +123,35 @@ def test_init_set_and_config_file_are_honoured(synthetic_world, tmp_path):
     assert cfg["train"]["epochs"] == card["recommended_unlearn"]["full"]["epochs"]
 
     ssu("init", tmp_path / "c", *common, "--config", yaml_file, "--method", "tv")
-    assert config_of(tmp_path / "c")["config"]["method"] == "tv"  # --method wins over the file
+    assert config_of(tmp_path / "c")["config"]["method"] == {"name": "tv", "args": {}}  # --method wins over the file
+
+    # A preset expands into its blocks; --set keys apply over it.
+    ssu("init", tmp_path / "p", *common, "--method", "ssu-stable", "--set", "regularizers.0.args.lam=12")
+    cfg = config_of(tmp_path / "p")["config"]
+    assert cfg["preset"] == "ssu-stable" and cfg["method"]["name"] == "ssu" and cfg["calibrate"]["enabled"]
+    assert [r["name"] for r in cfg["regularizers"]] == ["fisher", "retain-mask"]
+    assert cfg["regularizers"][0]["args"] == {"lam": 12.0, "windows": 16}
 
 
 def test_init_rejects_unknown_method_and_keys(synthetic_world, tmp_path):
     common = ["--model", synthetic_world.memorized, "--data", synthetic_world.prepared]
     line = assert_one_line_error(ssu("init", tmp_path / "a", *common, "--method", "nonsense", ok=False),
-                                 "unknown method 'nonsense'", "available:")
-    assert all(name in line for name in list_methods())
+                                 "unknown method 'nonsense'", "Available:")
+    assert all(name in line for name in METHODS.names())
     assert not (tmp_path / "a").exists()
 
     assert_one_line_error(ssu("init", tmp_path / "b", *common, "--set", "train.bogus=1", ok=False),
                           "unknown config key 'train.bogus'")
     assert_one_line_error(ssu("init", tmp_path / "c", *common, "--set", "lerning_rate=1", ok=False),
                           "unknown config key 'lerning_rate'")
+    assert_one_line_error(ssu("init", tmp_path / "h", *common, "--set", "method.args.epsilom=1", ok=False),
+                          "method ssu: unknown config key 'epsilom'. Did you mean 'epsilon'?")
+    assert_one_line_error(ssu("init", tmp_path / "i", *common, "--set", "regularizers=[fishr]", ok=False),
+                          "unknown regularizer 'fishr'. Did you mean 'fisher'?")
+    assert_one_line_error(ssu("init", tmp_path / "j", *common, "--set", "regularizers=[{name: kl, args: {lam: -1}}]",
+                              ok=False), "kl: lam must be >= 0")
+    assert_one_line_error(ssu("init", tmp_path / "k", *common, "--model", tmp_path / "nonexistent", ok=False),
+                          "no such directory")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train:\n  epochz: 3\n")
     assert_one_line_error(ssu("init", tmp_path / "d", *common, "--config", bad_yaml, ok=False),
@@ -141,14 +159,14 @@ def test_init_rejects_unknown_method_and_keys(synthetic_world, tmp_path):
     assert_one_line_error(ssu("init", tmp_path / "e", *common, "--set", "train.finetune=half", ok=False),
                           "train.finetune must be lora or full")
     assert_one_line_error(ssu("init", tmp_path / "t", *common, "--set", "train.epochs=two", ok=False),
-                          "config key 'train.epochs' must be an integer")
+                          "config key 'train.epochs'", "could not be converted to Integer")
     assert_one_line_error(ssu("init", tmp_path / "u", *common, "--set", "train.lr=fast", ok=False),
-                          "config key 'train.lr' must be a number")
+                          "config key 'train.lr'", "could not be converted to Float")
     assert_one_line_error(ssu("init", tmp_path / "f", "--data", synthetic_world.prepared, ok=False),
                           "--model is required")
     assert_one_line_error(ssu("init", tmp_path / "g", "--model", synthetic_world.memorized,
                               "--data", tmp_path / "nowhere", ok=False))
-    assert not any((tmp_path / n).exists() for n in "bcdefgtu")
+    assert not any((tmp_path / n).exists() for n in "bcdefghijktu")
 
 
 # --- ssu step / stack / compose ---------------------------------------------------------
@@ -249,15 +267,19 @@ def test_synth_prepare_tiny_model_round_trip(tmp_path):
 
 
 def test_methods_lists_the_registry():
-    lines = ssu("methods").stdout.splitlines()
-    assert [line.split()[0] for line in lines] == list_methods()
+    lines = [line for line in ssu("list", "methods").stdout.splitlines() if not line.startswith(" ")]
+    assert [line.split()[0] for line in lines] == METHODS.names()
     assert all(len(line.split()) > 1 for line in lines)  # each with its description
+    assert ssu("methods").stdout == ssu("list", "methods").stdout  # the old command is an alias
+    assert "ssu-stable" in ssu("list", "presets").stdout
+    assert_one_line_error(ssu("list", "method", ok=False), "Did you mean 'methods'?")
 
 
 def test_runconfig_defaults_are_the_reference_values():
     # The config ssu init writes must start from the public reference's SSU values.
     cfg = RunConfig()
-    assert (cfg.epsilon, cfg.k_random, cfg.saliency_k, cfg.alpha) == (0.5, 3, 1.0, 1.0)
+    args = SSUArgs()
+    assert cfg.method.name == "ssu" and (args.epsilon, args.k_random, args.saliency_k, cfg.alpha) == (0.5, 3, 1.0, 1.0)
     assert (cfg.train.batch_size, cfg.train.grad_accum) == (2, 2)
     lora = dataclasses.asdict(cfg.train.lora)
     assert (lora["r"], lora["alpha"], lora["dropout"]) == (32, 32.0, 0.01)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from ssu.cli import main
 from ssu.compare.runner import ensure_run, load_compare_config, run_comparison
 from ssu.errors import SSUError
-from ssu.methods import list_methods
-from ssu.models.memorize import load_record
+from ssu.methods import METHODS
+from ssu.recipes.memorize import load_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -79,8 +79,8 @@ def test_rerun_is_a_no_op_for_completed_steps(compared, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a completed step was trained or generated again")
 
-    monkeypatch.setattr("ssu.step.finetune", boom)
-    monkeypatch.setattr("ssu.eval.evaluate.generate_continuations", boom)
+    monkeypatch.setattr("ssu.recipes.step.finetune", boom)
+    monkeypatch.setattr("ssu.recipes.evaluate.generate_continuations", boom)
     path = cc.out.parent / "compare.yaml"
     path.write_text(yaml.safe_dump({**compare_config_from(cc), "out": str(cc.out)}))
     result = CliRunner().invoke(main, ["compare", str(path)])
@@ -132,7 +132,7 @@ def test_changed_config_for_an_existing_run_is_refused(compared):
     ({"methods": ["ssu", "nonsense"]}, "unknown method 'nonsense'"),
     ({"methods": ["ssu", "ssu"]}, "distinct"),
     ({"steps": 0}, "steps must be"),
-    ({"colour": "blue"}, "unknown compare key"),
+    ({"colour": "blue"}, "compare config: unknown config key .colour."),
     ({"per_method": {"npo": {}}}, "not in methods"),
     ({"common": {"train": {"batch_size": 0}}}, "must be >= 1"),
     ({"common": {"eval": {"metrics": ["rouge1_f"]}}}, "needs evaluation with rougeL_f"),
@@ -142,7 +142,7 @@ def test_bad_compare_configs_are_one_line_errors(synthetic_world, tmp_path, over
         load_compare_config(compare_config(synthetic_world, tmp_path / "out", **over))
     assert "\n" not in str(err.value)
     if "nonsense" in str(over):
-        assert all(n in str(err.value) for n in list_methods())
+        assert all(n in str(err.value) for n in METHODS.names())
 
 
 def test_example_config_is_valid():
@@ -155,4 +155,4 @@ def test_missing_keys_via_the_cli(tmp_path):
     path.write_text("methods: [ssu]\nsteps: 1\n")
     result = CliRunner().invoke(main, ["compare", str(path)])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: the compare config needs model, data, out"
+    assert result.output.strip() == "error: compare config needs model, data, out"

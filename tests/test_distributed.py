@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ssu.step import run_step
+from ssu.recipes.step import run_step
 from ssu.vectors import load_vector
 
 DDP_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "accelerate" / "ddp.yaml"

@@ -14,23 +14,23 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import forget_set_of, make_method, train_settings
 from transformers import AutoModelForCausalLM
 
 from data_prep import load_schedule, load_windows
-from ssu.io import sha256_file
-from ssu.config import RunConfig
 from ssu.engine.encoding import IGNORE_INDEX, encode_pair
-from ssu.engine.finetune import finetune
-from ssu.engine.forget_set import build_forget_set, random_label_partners
+from ssu.engine.finetune import Hooks, finetune
+from ssu.engine.forget_set import random_label_partners
 from ssu.engine.losses import LEARN, RANDOM, make_batch
 from ssu.engine.saliency import SaliencyMasker
 from ssu.errors import SSUError
-from ssu.methods import get_method
+from ssu.io import sha256_file
+from ssu.methods.ssu import SSUArgs
 from ssu.models.loading import load_tokenizer
-from ssu.run import RunDir
-from ssu.step import run_step
+from ssu.recipes.compose import load_composed, stack_of
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
 from ssu.vectors import load_vector
-from ssu.vectors.compose import load_composed, stack_of
 
 SEED = 7  # forget-set seed used by the loss tests
 
@@ -105,7 +105,7 @@ def tokenizer(synthetic_world):
 
 @pytest.fixture(scope="module")
 def forget_set(synthetic_world, tokenizer):
-    return build_forget_set(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED)
+    return forget_set_of(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED)
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,7 @@ def test_batch_labels_are_continuation_tokens_only(forget_set, tokenizer):
 def test_random_label_loss_gradient_vanishes_at_prompt_positions(synthetic_world, forget_set, tokenizer):
     fs = forget_set
     model = load_base(synthetic_world.memorized)
-    cfg = RunConfig(epsilon=0.5)
-    method = get_method("ssu")(cfg)
+    method = make_method("ssu", epsilon=0.5)
     idx = [1, 4]
     rows = [(fs.learn[i], LEARN) for i in idx] + [(e, RANDOM) for i in idx for e in fs.random[i]]
     batch = make_batch(rows, tokenizer.pad_token_id)
@@ -225,7 +224,7 @@ def test_random_label_loss_gradient_vanishes_at_prompt_positions(synthetic_world
     assert torch.equal(scrambled.detach(), loss.detach())
 
     # epsilon = 0 (ablation) drops the random rows' term entirely.
-    no_rand, parts0 = get_method("ssu-no-random-labels")(cfg).loss(CaptureLogits(model), batch)
+    no_rand, parts0 = make_method("ssu-no-random-labels", epsilon=0.5).loss(CaptureLogits(model), batch)
     assert "random" not in parts0 and float(no_rand) == pytest.approx(float(learn), rel=1e-5)
 
 
@@ -277,11 +276,9 @@ def test_encode_pair_truncation(synthetic_world, tokenizer):
 def _finetune(world, forget_set, tokenizer, method_name: str):
     model = load_base(world.memorized)
     before = {k: v.clone() for k, v in params(model).items()}
-    method = get_method(method_name)(RunConfig(epsilon=0.5, saliency="step"))
+    method = make_method(method_name, epsilon=0.5, saliency="step")
     torch.manual_seed(0)
-    stats = finetune(model, method, forget_set, tokenizer.pad_token_id, lr=1e-3, epochs=2, batch_size=2,
-                     grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0,
-                     progress=False)
+    stats = finetune(model, method, forget_set, train_settings(lr=1e-3, epochs=2, batch_size=2))
     changed = {k: v != before[k] for k, v in params(model).items()}
     return stats, changed
 
@@ -312,14 +309,13 @@ def test_masked_finetune_moves_only_selected_weights(synthetic_world, forget_set
     calls = []
     model = load_base(synthetic_world.memorized)
     before = {k: v.clone() for k, v in params(model).items()}
-    method = get_method("ssu")(RunConfig(epsilon=0.5, saliency="step"))
-    stats = finetune(model, method, forget_set, tokenizer.pad_token_id, lr=1e-3, epochs=2, batch_size=2,
-                     grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0,
-                     progress=False, on_step=calls.append)
-    masker = stats["masker"]
+    method = make_method("ssu", epsilon=0.5, saliency="step")
+    stats = finetune(model, method, forget_set, train_settings(lr=1e-3, epochs=2, batch_size=2),
+                     Hooks(on_step=calls.append))
+    masker = stats.masker
     assert isinstance(masker, SpyMasker) and len(per_step) == 6
-    assert stats["optimizer_steps"] == 6 and calls == [1, 2, 3, 4, 5, 6]  # 6 windows / batch 2 x 2 epochs
-    assert len(stats["mask_fraction"]) == 6 and all(0 < f < 0.2 for f in stats["mask_fraction"])
+    assert stats.optimizer_steps == 6 and calls == [1, 2, 3, 4, 5, 6]  # 6 windows / batch 2 x 2 epochs
+    assert len(stats.mask_fraction) == 6 and all(0 < f < 0.2 for f in stats.mask_fraction)
     n_changed = n_selected = total = 0
     for k, p in params(model).items():
         changed = p != before[k]
@@ -405,7 +401,7 @@ def test_manifest_entry_describes_the_step(done_run, synthetic_world):
         art = e["artifacts"]["vector.safetensors"]
         assert art["sha256"] == vector_sha(done_run, step)
         assert art["bytes"] == run.vector_path(step).stat().st_size
-        assert e["hyperparameters"]["lr"] == 1e-3 and e["hyperparameters"]["epsilon"] == 0.5
+        assert e["hyperparameters"]["lr"] == 1e-3 and e["hyperparameters"]["method"]["epsilon"] == 0.5
         assert e["timings"]["train_seconds"] > 0
         step_json = json.loads((run.step_dir(step) / "step.json").read_text())
         assert step_json["train"]["optimizer_steps"] == 6
@@ -588,9 +584,9 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
     from ssu.engine.distributed import Processes
     from ssu.engine.finetune import _accumulate, micro_batches
 
-    method = get_method(name)(RunConfig(epsilon=0.5))
-    fs = build_forget_set(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED,
-                          with_random=method.uses_random_labels, with_retain=method.needs_retain)
+    method = make_method(name, **({"epsilon": 0.5} if name == "ssu" else {}))
+    fs = forget_set_of(synthetic_world.prepared, 1, tokenizer, k_random=3, seed=SEED,
+                       with_random=method.uses_random_labels, retain=method.needs_retain)
     windows = next(micro_batches(fs, method, 4, random.Random(0)))
     assert len(windows) == 4
     model = load_base(synthetic_world.memorized)
@@ -620,7 +616,7 @@ def test_chunked_backward_gives_the_unchunked_gradient(synthetic_world, tokenize
 def test_non_finite_gradient_with_a_finite_loss_is_a_one_line_error(synthetic_world, forget_set, tokenizer):
     """d/dx sqrt(x) at 0 is inf: the loss stays finite, the gradient does not; the fine-tune
     must stop with the lr hint instead of a traceback from the saliency threshold."""
-    base = get_method("ssu")(RunConfig(epsilon=0.5))
+    base = make_method("ssu", epsilon=0.5)
 
     class InfGradient(type(base)):
         def loss(self, model, batch, reference=None):
@@ -631,9 +627,7 @@ def test_non_finite_gradient_with_a_finite_loss_is_a_one_line_error(synthetic_wo
     model = load_base(synthetic_world.memorized)
     before = {k: v.clone() for k, v in params(model).items()}
     with pytest.raises(SSUError, match="gradient is not finite at optimizer step 1; lower train.lr"):
-        finetune(model, InfGradient(RunConfig(epsilon=0.5)), forget_set, tokenizer.pad_token_id, lr=1e-3, epochs=1,
-                 batch_size=2, grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0,
-                 progress=False)
+        finetune(model, InfGradient(SSUArgs(epsilon=0.5)), forget_set, train_settings(lr=1e-3, epochs=1, batch_size=2))
     assert all(torch.equal(v, before[k]) for k, v in params(model).items())  # no step was taken
 
 
@@ -693,14 +687,14 @@ def test_gradient_checkpointing_gives_the_same_step(run_dir):
 
 
 def test_init_writes_device_aware_defaults(run_dir, monkeypatch):
-    import ssu.step
+    import ssu.recipes.init
 
     cpu = json.loads((run_dir(name="cpu") / "config.json").read_text())
     assert cpu["config"]["train"]["share_prompts"] is True and cpu["config"]["train"]["windows_per_backward"] == 1
     assert cpu["device_defaults"] == {"device": "cpu", "settings": {}}
-    monkeypatch.setattr(ssu.step, "resolve_device", lambda _: torch.device("cuda"))
+    monkeypatch.setattr(ssu.recipes.init, "resolve_device", lambda _: torch.device("cuda"))
     gpu = json.loads((run_dir(name="gpu", train={"share_prompts": True}) / "config.json").read_text())
-    chosen = {k: v for k, v in ssu.step.DEVICE_DEFAULTS["cuda"].items() if k != "share_prompts"}
+    chosen = {k: v for k, v in ssu.recipes.init.DEVICE_DEFAULTS["cuda"].items() if k != "share_prompts"}
     assert gpu["device_defaults"] == {"device": "cuda", "settings": chosen}
     assert gpu["config"]["train"]["share_prompts"] is True  # given: kept
     assert all(gpu["config"]["train"][k] == v for k, v in chosen.items())

@@ -9,17 +9,17 @@ import pytest
 from click.testing import CliRunner
 
 from ssu.cli import main
-from ssu.config import resolve
 from ssu.errors import SSUError
-from ssu.eval.model_metrics import get_model_metric, higher_is_better
+from ssu.eval.model_metrics import MODEL_METRICS, higher_is_better
 from ssu.eval.sets import get_eval_set
+from ssu.recipes.init import resolve_config
 
 LM_EVAL_TASKS = Path(__file__).resolve().parents[1] / "experiments" / "lm_eval"
 
 
 @pytest.mark.parametrize("lookup, name, hint", [
     (get_eval_set, "retian", "Did you mean 'retain'?"),
-    (get_model_metric, "perplexty", "Did you mean 'perplexity'?"),
+    (MODEL_METRICS.get, "perplexty", "Did you mean 'perplexity'?"),
 ])
 def test_unknown_names_get_did_you_mean(lookup, name, hint):
     with pytest.raises(SSUError, match=hint):
@@ -32,10 +32,12 @@ def test_unknown_names_get_did_you_mean(lookup, name, hint):
     ({"metrics": ["rougel_f"]}, "Did you mean 'rougeL_f'?"),
     ({"extra_sets": {"retain": "x.jsonl"}}, "is a registered evaluation set"),
     ({"extra_sets": {"mine": "/nonexistent/x"}}, "is not a .jsonl file"),
+    ({"model_metrics": [{"name": "lm_eval", "args": {"limit": 0}}]}, "lm_eval: limit must be >= 1"),
+    ({"model_metrics": [{"name": "mia", "args": {"k": 1}}]}, "model metric mia takes no args"),
 ])
 def test_config_validation_checks_eval_names(synthetic_world, tmp_path, over, message):
     with pytest.raises(SSUError, match=message.replace("(", r"\(").replace("?", r"\?")):
-        resolve({"eval": over})
+        resolve_config({"eval": over})
     # and through the CLI: one line, exit status 1
     args = ["init", str(tmp_path / "r"), "--model", str(synthetic_world.memorized), "--data",
             str(synthetic_world.prepared), "--set", f"eval={json.dumps(over)}"]
@@ -66,14 +68,11 @@ def evaluated(init_test_run, synthetic_world, tmp_path_factory):
                                             "extra_sets": {"probe": {"path": str(extra), "goal": "forget"}}})
     res = CliRunner().invoke(main, ["eval", str(run), "0"])
     assert res.exit_code == 0, res.output
-    # lm-eval on a local multiple-choice task: the first choice is a memorized continuation
-    docs = [{"question": w["prompt"], "choices": [w["continuation"], "zzz qqq xxx"], "answer": 0} for w in forget]
-    docs += [{"question": "a b c", "choices": ["d e f", "g h i", "j k l"], "answer": i % 3} for i in range(4)]
-    (root / "ssu_local_mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    # lm-eval on the shipped offline task, its data resolved next to the task file (run from elsewhere)
     mp = pytest.MonkeyPatch()
-    mp.chdir(root)  # the task YAML reads ssu_local_mc.jsonl from the current directory
+    mp.chdir(root)
     try:
-        lm = CliRunner().invoke(main, ["eval", str(run), "0", "--lm-eval", "ssu_local_mc",
+        lm = CliRunner().invoke(main, ["eval", str(run), "0", "--lm-eval", "ssu_cloze",
                                        "--lm-eval-include", str(LM_EVAL_TASKS)])
     finally:
         mp.undo()
@@ -101,23 +100,37 @@ def test_user_set_is_generated_scored_and_reported(evaluated):
 def test_lm_eval_rows_with_stderr_and_in_the_report(evaluated):
     run, lm = evaluated
     assert lm.exit_code == 0, lm.output
-    acc = [r for r in _rows(run) if r["metric"] == "lm_eval:ssu_local_mc:acc"]
+    acc = [r for r in _rows(run) if r["metric"] == "lm_eval:ssu_cloze:acc"]
     assert len(acc) == 1
     r = acc[0]
-    assert r["step"] == 0 and r["set"] == "lm-eval" and r["n"] == 6 and r["higher_is_better"] is True
+    assert r["step"] == 0 and r["set"] == "lm-eval" and r["n"] == 200 and r["higher_is_better"] is True
     assert 0 <= r["value"] <= 1 and r["stderr"] > 0 and r["ci_low"] < r["value"] < r["ci_high"]
     rep = CliRunner().invoke(main, ["report", str(run), "--no-plots"])
-    assert "lm_eval:ssu_local_mc:acc" in rep.output, rep.output
-    again = CliRunner().invoke(main, ["eval", str(run), "0", "--lm-eval", "ssu_local_mc",
+    assert "lm_eval:ssu_cloze:acc" in rep.output, rep.output
+    again = CliRunner().invoke(main, ["eval", str(run), "0", "--lm-eval", "ssu_cloze",
                                       "--lm-eval-include", str(LM_EVAL_TASKS)])
     assert "all results already computed" in again.output  # not run twice
 
 
+def test_lm_eval_task_without_its_data_is_one_line(evaluated, tmp_path):
+    run, _ = evaluated
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "utils.py").write_text((LM_EVAL_TASKS / "utils.py").read_text())  # the task without its data file
+    (tasks / "lost.yaml").write_text((LM_EVAL_TASKS / "ssu_cloze.yaml").read_text().replace("task: ssu_cloze",
+                                                                                           "task: ssu_lost"))
+    res = CliRunner().invoke(main, ["eval", str(run), "0", "--lm-eval", "ssu_lost", "--lm-eval-include", str(tasks)])
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "ssu_cloze.jsonl is missing" in errors[0], res.output
+
+
 def test_listing_commands():
-    sets = CliRunner().invoke(main, ["eval-sets"])
-    assert sets.exit_code == 0 and "removed-now" in sets.output and "forget" in sets.output
-    mm = CliRunner().invoke(main, ["model-metrics"])
+    sets = CliRunner().invoke(main, ["list", "eval-sets"])
+    assert sets.exit_code == 0 and "removed-now" in sets.output
+    mm = CliRunner().invoke(main, ["model-metrics"])  # the old command, an alias of `ssu list model-metrics`
     assert mm.exit_code == 0 and all(n in mm.output for n in ("perplexity", "mia", "lm_eval"))
+    assert "tasks=[]" in mm.output  # lm_eval's parameters, from its Args
 
 
 def test_lm_eval_rows_from_results():

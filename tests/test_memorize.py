@@ -13,10 +13,10 @@ import pytest
 from conftest import MEMORIZE
 
 import ssu.engine.finetune
-import ssu.models.memorize
-from ssu.compare.retrain import retrain
+import ssu.recipes.memorize
 from ssu.errors import SSUError
-from ssu.models.memorize import memorize
+from ssu.recipes.memorize import memorize
+from ssu.recipes.retrain import retrain
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def loop_calls(monkeypatch):
         calls.append(method.name)
         return real(model, method, *args, **kwargs)
 
-    monkeypatch.setattr(ssu.models.memorize, "finetune", spy)
+    monkeypatch.setattr(ssu.recipes.memorize, "finetune", spy)
     return calls
 
 
@@ -67,9 +67,9 @@ def _generic_dir(path, files: int = 20, words: int = 80):
 
 
 def test_generic_text_is_mixed_in_and_keeps_heldout_perplexity_down(synthetic_world, tmp_path):
-    from ssu.models.generic import load_generic
+    from data_prep import load_generic
     from ssu.models.loading import load_model, load_tokenizer
-    from ssu.models.memorize import heldout_perplexity
+    from ssu.recipes.memorize import heldout_perplexity
 
     generic = _generic_dir(tmp_path / "generic")
     cfg = dataclasses.replace(MEMORIZE, epochs=10, eval_every=10)

@@ -14,16 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import forget_set_of, make_method, train_settings
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import ssu.engine.saliency
-from ssu.config import RunConfig
 from ssu.engine.encoding import Encoded
 from ssu.engine.finetune import finetune
-from ssu.engine.forget_set import build_forget_set
 from ssu.engine.losses import LEARN, RANDOM, RETAIN, Batch, forward_nll, group_mean_nll, make_batch, token_nll
 from ssu.engine.saliency import SaliencyMasker, apply_masks, compute_masks, saliency_threshold, topk_threshold
-from ssu.methods import get_method
 from ssu.models.loading import load_tokenizer
 
 VOCAB, PAD = 61, 0
@@ -232,10 +230,8 @@ def test_finetune_runs_adamw_per_tensor(synthetic_world, monkeypatch):
 
     monkeypatch.setattr(torch.optim, "AdamW", Recording)
     tok = load_tokenizer(str(synthetic_world.memorized))
-    fs = build_forget_set(synthetic_world.prepared, 1, tok, k_random=1, seed=0)
+    fs = forget_set_of(synthetic_world.prepared, 1, tok, k_random=1, seed=0)
     model = AutoModelForCausalLM.from_pretrained(str(synthetic_world.memorized), dtype=torch.float32)
-    stats = finetune(model, get_method("ssu")(RunConfig(epsilon=0.5)), fs, tok.pad_token_id, lr=1e-5, epochs=1,
-                     batch_size=2, grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None,
-                     seed=0, progress=False)
-    assert stats["optimizer_steps"] == 3
+    stats = finetune(model, make_method("ssu", epsilon=0.5), fs, train_settings(lr=1e-5, epochs=1, batch_size=2))
+    assert stats.optimizer_steps == 3
     assert len(made) == 1 and made[0].get("foreach") is False and made[0].get("weight_decay") == 0.0

@@ -13,17 +13,16 @@ import random
 
 import pytest
 import torch
+from conftest import make_method, train_settings
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from ssu.config import RunConfig
 from ssu.engine.encoding import Encoded
 from ssu.engine.finetune import finetune
 from ssu.engine.forget_set import ForgetSet
 from ssu.engine.losses import LEARN, RETAIN, forward_nll, group_mean_nll, make_batch, sequence_logprob
 from ssu.errors import SSUError
-from ssu.methods import get_method, list_methods
+from ssu.methods import METHODS
 
-torch.set_num_threads(1)
 PAD, VOCAB = 0, 100
 ASCENT = ["ga", "gd", "npo", "npo-gdr"]
 NEGATED = ["ssu", "ssu-no-random-labels", "ssu-no-saliency", "tv"]
@@ -47,7 +46,7 @@ def world():
     # Random labels: each prompt with the continuations of two other forget windows.
     rand = [[Encoded(learn[i].prompt_ids + learn[j].continuation_ids, 8) for j in range(4) if j != i][:2]
             for i in range(4)]
-    fs = ForgetSet(step=1, books=["b"], windows=[], learn=learn, random=rand, retain=retain)
+    fs = ForgetSet(step=1, books=["b"], windows=[], learn=learn, random=rand, retain=retain, pad_id=PAD)
     return fs, tiny_model()
 
 
@@ -58,15 +57,13 @@ def ce(model, encs: list[Encoded]) -> float:
     return float(group_mean_nll(nll, mask, batch, LEARN))
 
 
-def train(name: str, world, lr: float = 1e-2, epochs: int = 3, **cfg_over):
+def train(name: str, world, lr: float = 1e-2, epochs: int = 3, **args):
     """Fine-tune a copy of the model with method ``name``; return (method, start, fine-tuned)."""
     fs, base = world
-    cfg = RunConfig(method=name, **cfg_over)
-    method = get_method(name)(cfg)
+    method = make_method(name, **args)
     model = copy.deepcopy(base).requires_grad_(True)
     reference = copy.deepcopy(base).requires_grad_(False) if method.needs_reference else None
-    finetune(model, method, fs, PAD, lr=lr, epochs=epochs, batch_size=2, grad_accum=1, max_grad_norm=1.0,
-             saliency_k=1.0, saliency_density=None, seed=0, reference=reference, progress=False)
+    finetune(model, method, fs, train_settings(lr=lr, epochs=epochs, batch_size=2), reference=reference)
     return method, base, model
 
 
@@ -117,8 +114,8 @@ def test_gd_retain_term_keeps_retain_ce_lower_than_ga(world):
 def test_retain_weight_zero_makes_gd_equal_ga(world):
     fs, model = world
     batch = make_batch([(e, LEARN) for e in fs.learn] + [(e, RETAIN) for e in fs.retain], PAD)
-    ga = get_method("ga")(RunConfig()).loss(model, batch)[0]
-    gd = get_method("gd")(RunConfig(retain_weight=0.0)).loss(model, batch)[0]
+    ga = make_method("ga").loss(model, batch)[0]
+    gd = make_method("gd", retain_weight=0.0).loss(model, batch)[0]
     assert gd.item() == pytest.approx(ga.item(), abs=1e-6)
 
 
@@ -126,7 +123,7 @@ def test_retain_weight_zero_makes_gd_equal_ga(world):
 def test_npo_at_the_reference_is_two_over_beta_log_two(beta, world):
     fs, model = world
     batch = make_batch([(e, LEARN) for e in fs.learn] + [(e, RETAIN) for e in fs.retain], PAD)
-    npo = get_method("npo")(RunConfig(npo_beta=beta))
+    npo = make_method("npo", beta=beta)
     loss, stats = npo.loss(model, batch, reference=copy.deepcopy(model))
     # log sigma(0) = -log 2, so L = -(2/beta) * (-log 2); by hand for beta = 0.4: 5 * 0.693147 = 3.465736.
     assert loss.item() == pytest.approx(2.0 / beta * math.log(2.0), rel=1e-6)
@@ -139,7 +136,7 @@ def test_npo_gradient_at_the_reference_is_the_mean_sequence_logprob_gradient(wor
     fs, base = world
     model = copy.deepcopy(base).requires_grad_(True)
     batch = make_batch([(e, LEARN) for e in fs.learn], PAD)
-    get_method("npo")(RunConfig()).loss(model, batch, reference=copy.deepcopy(base))[0].backward()
+    make_method("npo").loss(model, batch, reference=copy.deepcopy(base))[0].backward()
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     nll, _ = forward_nll(model, batch)
@@ -152,15 +149,15 @@ def test_npo_without_reference_is_a_clear_error(world):
     fs, model = world
     batch = make_batch([(e, LEARN) for e in fs.learn], PAD)
     with pytest.raises(SSUError, match="reference"):
-        get_method("npo")(RunConfig()).loss(model, batch)
+        make_method("npo").loss(model, batch)
 
 
 def test_registry_lists_every_method_and_rejects_unknown_names():
-    names = list_methods()
+    names = METHODS.names()
     assert set(ASCENT + NEGATED) <= set(names)
-    assert get_method("gd").needs_retain and get_method("npo").needs_reference
+    assert METHODS.get("gd").needs_retain and METHODS.get("npo").needs_reference
     with pytest.raises(SSUError) as err:
-        get_method("nonsense")
+        METHODS.get("nonsense")
     assert all(n in str(err.value) for n in names)
-    with pytest.raises(SSUError, match="did you mean 'npo'"):
-        get_method("npoo")
+    with pytest.raises(SSUError, match="Did you mean 'npo'"):
+        METHODS.get("npoo")

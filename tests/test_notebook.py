@@ -9,9 +9,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ssu.eval.evaluate import evaluate_step
-from ssu.eval.report import format_matrix, write_plots
-from ssu.step import init_run, run_step
+from ssu.recipes.evaluate import evaluate_step
+from ssu.recipes.init import init_run
+from ssu.recipes.report import format_matrix, write_plots
+from ssu.recipes.step import run_step
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from ssu.cli import main
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView
 from ssu.errors import SSUError
-from ssu.run import RunDir
-from ssu.step import run_step
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
 from ssu.vectors import RoundingReport, TaskVector, load_vector
-from ssu.vectors.compose import load_composed
 
 ULP32 = 2.0**-23
 
@@ -99,27 +99,27 @@ def test_bf16_lora_step_matches_float32_and_is_kept_as_an_adapter(run_dir):
 
 def test_npo_reference_under_lora_is_the_model_with_its_step_adapter_off(run_dir):
     """NPO's θ_{t-1} is a view (no copy); at the start of a step its loss is (2/β)·log 2."""
+    from conftest import forget_set_of
+
     from ssu.config import RunConfig
-    from ssu.engine.forget_set import build_forget_set
-    from ssu.engine.losses import LEARN, RANDOM, make_batch
-    from ssu.methods import get_method
+    from ssu.engine.losses import LEARN, make_batch
     from ssu.models.loading import load_tokenizer
-    from ssu.step import _prepare_trainable
-    from ssu.vectors.compose import load_composed as compose
+    from ssu.recipes.components import build_method
+    from ssu.recipes.compose import load_composed as compose
+    from ssu.recipes.step import trainable
 
     run = _lora(run_dir, "npo", "bfloat16", method="npo")
     run_step(run, 1, progress=False)  # so step 2 has a stack adapter as well
     rd = RunDir(run)
     cfg: RunConfig = rd.config
-    model, _ = _prepare_trainable(compose(rd, upto=1), cfg)
+    model = trainable(compose(rd, upto=1), cfg)
     assert list(model.base_model.active_adapters) == [STACK_ADAPTER, STEP_ADAPTER]
     with torch.no_grad():  # move the step adapter off zero, so "off" is observable
         for n, p in model.named_parameters():
             if f".{STEP_ADAPTER}." in n and "lora_B" in n:
                 p.add_(1e-3)
     tok = load_tokenizer(cfg.model)
-    fs = build_forget_set(cfg.data, 2, tok, k_random=1, with_random=False, with_retain=False, seed=0,
-                          max_length=128)
+    fs = forget_set_of(cfg.data, 2, tok, k_random=1, with_random=False, seed=0, max_length=128)
     batch = make_batch([(fs.learn[0], LEARN), (fs.learn[1], LEARN)], tok.pad_token_id)
     ref = ReferenceView(model)
     want = compose(rd, upto=1)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -128,14 +128,13 @@ def test_npo_reference_under_lora_is_the_model_with_its_step_adapter_off(run_dir
     assert list(model.base_model.active_adapters) == [STACK_ADAPTER, STEP_ADAPTER]  # restored
     trains = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trains and all(f".{STEP_ADAPTER}." in n for n in trains)
-    del RANDOM
-    npo = get_method("npo")(cfg)
+    npo = build_method(cfg)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if f".{STEP_ADAPTER}." in n and "lora_B" in n:
                 p.zero_()
     loss, _ = npo.loss(model, batch, reference=ref)
-    assert float(loss) == pytest.approx(2.0 / cfg.npo_beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    assert float(loss) == pytest.approx(2.0 / npo.args.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
 
 
 def test_snapshot_and_weights_on_different_devices():

@@ -19,8 +19,8 @@ import ssu.engine.prefix
 from ssu.engine.encoding import Encoded
 from ssu.engine.losses import LEARN, RANDOM, RETAIN, forward_nll, group_mean_nll, make_batch
 from ssu.engine.prefix import accepts_shared_prompts, shared_prompt_nll
-from ssu.run import RunDir
-from ssu.step import run_step
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
 from ssu.vectors import load_vector
 
 VOCAB, PAD = 53, 0

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import forget_set_of
 
 from ssu.engine.encoding import encode_pair
 from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
-from ssu.engine.regularizers import list_regularizers
 from ssu.models.loading import load_tokenizer
-from ssu.run import RunDir
-from ssu.step import run_step
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
+from ssu.regularizers import REGULARIZERS
 from ssu.vectors import load_vector
-from ssu.vectors.compose import load_composed
 
 
 def _nll(model, world, role: str, book: str | None = None) -> float:
@@ -40,11 +41,12 @@ def _hurt(runs: dict, world, step: int = 1, role: str = "retain", book=None) -> 
 
 
 def test_every_regularizer_is_registered():
-    assert set(list_regularizers()) >= {"fisher", "kl", "retain-mask", "guard"}
+    assert set(REGULARIZERS.names()) >= {"fisher", "kl", "retain-mask", "guard"}
 
 
 def test_kl_to_the_previous_model_moves_retained_text_less(run_dir, synthetic_world):
-    runs = {"plain": run_dir(name="plain"), "kl": run_dir(name="kl", regularizers=["kl"], kl_lambda=10.0)}
+    runs = {"plain": run_dir(name="plain"),
+            "kl": run_dir(name="kl", regularizers=[{"name": "kl", "args": {"lam": 10.0}}])}
     entry = [run_step(r, 1, progress=False) for r in runs.values()][-1]
     rec = entry["regularizers"]["kl"]
     assert rec["lambda"] == 10.0 and rec["mean_kl"] > 0 and "retain_kl" in entry["final_loss"]
@@ -54,19 +56,18 @@ def test_kl_to_the_previous_model_moves_retained_text_less(run_dir, synthetic_wo
 
 def test_retain_mask_freezes_exactly_the_top_fisher_weights(run_dir, synthetic_world):
     runs = {"plain": run_dir(name="plain"),
-            "mask": run_dir(name="mask", regularizers=["retain-mask"], retain_mask_fraction=0.2)}
+            "mask": run_dir(name="mask", regularizers=[{"name": "retain-mask", "args": {"fraction": 0.2}}])}
     entry = [run_step(r, 1, progress=False) for r in runs.values()][-1]
     rec = entry["regularizers"]["retain-mask"]
     assert rec["frozen"] >= round(0.2 * rec["of"]) and rec["frozen"] < 0.21 * rec["of"]
     masked, _ = load_vector(RunDir(runs["mask"]).vector_path(1))
     plain, _ = load_vector(RunDir(runs["plain"]).vector_path(1))
     # The same Fisher, recomputed here: the frozen entries are exact zeros of the vector.
-    from ssu.engine.forget_set import build_forget_set
-    from ssu.engine.regularizers.base import retain_fisher, sample
     from ssu.engine.saliency import topk_threshold
+    from ssu.regularizers.base import retain_fisher, sample
 
     tok = load_tokenizer(str(synthetic_world.memorized))
-    fs = build_forget_set(synthetic_world.prepared, 1, tok, with_random=False, with_retain=True)
+    fs = forget_set_of(synthetic_world.prepared, 1, tok, with_random=False, retain=True)
     model = load_composed(RunDir(runs["mask"]), upto=0).requires_grad_(True)
     fisher = retain_fisher(model, sample(fs.retain, 16, 0), tok.pad_token_id)
     gamma = topk_threshold(list(fisher.values()), 0.2)
@@ -81,19 +82,19 @@ def test_retain_mask_freezes_exactly_the_top_fisher_weights(run_dir, synthetic_w
 def test_fisher_and_retain_mask_take_the_retain_fisher_once(run_dir, monkeypatch):
     """Together they share one Fisher (same windows, same seed) and make the same vector as
     when each takes its own."""
-    from ssu.engine.regularizers import base
+    from ssu.regularizers import base
 
-    both = {"regularizers": ["fisher", "retain-mask"], "retain_mask_fraction": 0.2}
+    both = {"regularizers": ["fisher", {"name": "retain-mask", "args": {"fraction": 0.2}}]}
     shared, alone = run_dir(name="shared", **both), run_dir(name="alone", **both)
     calls = []
     real = base.retain_fisher
     monkeypatch.setattr(base, "retain_fisher", lambda *a: calls.append(1) or real(*a))
     run_step(shared, 1, progress=False)
     assert len(calls) == 1
-    monkeypatch.setattr(base, "step_retain_fisher", lambda name, model, fs, tok, windows, seed: (
-        real(model, base.sample(fs.retain, windows, seed), tok.pad_token_id), min(windows, len(fs.retain))))
+    monkeypatch.setattr(base, "step_retain_fisher", lambda name, model, fs, windows, seed: (
+        real(model, base.sample(fs.retain, windows, seed), fs.pad_id), min(windows, len(fs.retain))))
     for module in ("fisher", "retain_mask"):  # their own imported name
-        monkeypatch.setattr(f"ssu.engine.regularizers.{module}.step_retain_fisher", base.step_retain_fisher)
+        monkeypatch.setattr(f"ssu.regularizers.{module}.step_retain_fisher", base.step_retain_fisher)
     run_step(alone, 1, progress=False)
     a, _ = load_vector(RunDir(shared).vector_path(1))
     b, _ = load_vector(RunDir(alone).vector_path(1))
@@ -101,7 +102,8 @@ def test_fisher_and_retain_mask_take_the_retain_fisher_once(run_dir, monkeypatch
 
 
 def test_guard_pushes_the_earlier_book_further_and_leaves_step_one_alone(run_dir, synthetic_world):
-    runs = {"plain": run_dir(name="plain"), "guard": run_dir(name="guard", regularizers=["guard"], guard_weight=1.0)}
+    runs = {"plain": run_dir(name="plain"),
+            "guard": run_dir(name="guard", regularizers=[{"name": "guard", "args": {"weight": 1.0}}])}
     for t in (1, 2):
         entries = {n: run_step(r, t, progress=False) for n, r in runs.items()}
     assert entries["guard"]["regularizers"]["guard"]["books"] == ["synth_01"]

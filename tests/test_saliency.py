@@ -14,8 +14,6 @@ from ssu.engine.saliency import (
     topk_threshold,
 )
 
-torch.set_num_threads(1)
-
 
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)

@@ -11,17 +11,18 @@ import json
 
 import pytest
 import torch
+from conftest import forget_set_of
 
 from ssu.config import CalibrateSettings
-from ssu.engine.calibrate import calibrate_alpha
 from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
-from ssu.engine.regularizers import get_regularizer
 from ssu.errors import SSUError
 from ssu.models.loading import load_tokenizer
-from ssu.run import RunDir
-from ssu.step import run_step
+from ssu.recipes.calibrate import calibrate_alpha
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
+from ssu.regularizers import REGULARIZERS
 from ssu.vectors import load_vector
-from ssu.vectors.compose import load_composed
 
 SETTINGS = CalibrateSettings(enabled=True, fraction=0.5, alpha_max=4.0, iterations=8)
 
@@ -43,10 +44,9 @@ def test_unreachable_and_already_reached_targets_are_recorded():
 
 
 def _retain_nll(model, world) -> float:
-    from ssu.engine.forget_set import build_forget_set
 
     tok = load_tokenizer(str(world.memorized))
-    fs = build_forget_set(world.prepared, 1, tok, with_random=False, with_retain=True)
+    fs = forget_set_of(world.prepared, 1, tok, with_random=False, retain=True)
     with torch.no_grad():
         batch = make_batch([(e, LEARN) for e in fs.retain], tok.pad_token_id)
         nll, mask = forward_nll(model, batch)
@@ -69,7 +69,8 @@ def test_calibrated_step_records_its_alpha_and_is_deterministic(run_dir):
 
 
 def test_fisher_damping_moves_retained_text_less(run_dir, synthetic_world):
-    plain, damped = run_dir(name="plain"), run_dir(name="fisher", regularizers=["fisher"], fisher_lambda=100.0)
+    plain = run_dir(name="plain")
+    damped = run_dir(name="fisher", regularizers=[{"name": "fisher", "args": {"lam": 100.0}}])
     entry = None
     for r in (plain, damped):
         entry = run_step(r, 1, progress=False)
@@ -90,18 +91,23 @@ def test_fisher_needs_a_full_fine_tune(run_dir):
 
 
 def test_unknown_regularizer_is_a_one_line_error_with_a_suggestion(run_dir):
-    with pytest.raises(SSUError, match=r"unknown regularizer 'fishr' \(did you mean 'fisher'\?\)"):
-        get_regularizer("fishr")
-    with pytest.raises(SSUError, match="did you mean 'fisher'"):
+    with pytest.raises(SSUError, match=r"unknown regularizer 'fishr'. Did you mean 'fisher'\?"):
+        REGULARIZERS.get("fishr")
+    with pytest.raises(SSUError, match="Did you mean 'fisher'"):
         run_dir(regularizers=["fishr"])
-    with pytest.raises(SSUError, match=r"must be a list of names, e.g. --set regularizers=\[fisher\]"):
+    with pytest.raises(SSUError, match=r"config key 'regularizers'"):
         run_dir(name="str", regularizers="fisher")
+    with pytest.raises(SSUError, match="each may appear once"):
+        run_dir(name="twice", regularizers=["kl", "kl"])
 
 
 def test_the_stable_recipe_is_written_into_the_config(run_dir):
-    cfg = json.loads((run_dir(method="ssu-stable", fisher_lambda=3.0) / "config.json").read_text())["config"]
-    assert cfg["regularizers"] == ["fisher", "retain-mask"] and cfg["calibrate"]["enabled"] is True
-    assert cfg["calibrate"]["fraction"] == 0.45 and cfg["fisher_lambda"] == 3.0  # the user's key wins
+    cfg = json.loads((run_dir(method="ssu-stable", calibrate={"fraction": 0.3}) / "config.json").read_text())["config"]
+    assert cfg["preset"] == "ssu-stable" and cfg["method"]["name"] == "ssu"
+    assert cfg["regularizers"] == [{"name": "fisher", "args": {"lam": 30.0, "windows": 16}},
+                                   {"name": "retain-mask", "args": {"fraction": 0.05, "windows": 16}}]
+    assert cfg["calibrate"]["enabled"] is True and cfg["calibrate"]["alpha_max"] == 32.0
+    assert cfg["calibrate"]["fraction"] == 0.3  # the user's key wins
 
 
 def test_early_stop_ends_the_fine_tune_at_the_target_and_records_it(run_dir):
@@ -122,7 +128,7 @@ def test_early_stop_ends_the_fine_tune_at_the_target_and_records_it(run_dir):
 
 
 def test_the_alpha_view_restores_the_trained_weights_bit_for_bit(synthetic_world):
-    from ssu.engine.calibrate import AlphaView
+    from ssu.engine.alpha import AlphaView
     from ssu.models.loading import load_model
     from ssu.vectors import TaskVector
 

@@ -14,7 +14,6 @@ from ssu.vectors import TaskVector, load_vector
 from ssu.vectors.lora_vector import LoraTaskVector
 from ssu.vectors.stack import StackEntry, VectorStack
 
-torch.set_num_threads(1)
 ATOL = 1e-6
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft ↔ transformers
 

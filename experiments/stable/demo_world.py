@@ -23,8 +23,9 @@ from pathlib import Path
 
 
 def world(root: Path, seed: int) -> tuple[Path, Path]:
-    from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.memorize import MemorizeConfig, memorize
+
+    from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
 
     corpus, prepared, tiny, memorized = (root / n for n in ("corpus", "prepared", "tiny", "memorized"))
@@ -41,9 +42,10 @@ def world(root: Path, seed: int) -> tuple[Path, Path]:
 
 def run_method(root: Path, prepared: Path, memorized: Path, method: str, seed: int, steps: int,
                overrides: dict, tag: str = "") -> Path:
-    from ssu.config import merge
     from ssu.eval.evaluate import evaluate_step
     from ssu.step import init_run, run_step
+
+    from ssu.config import merge
 
     run = root / f"run-{method}{tag}"
     if not (run / "config.json").exists():
@@ -57,8 +59,9 @@ def run_method(root: Path, prepared: Path, memorized: Path, method: str, seed: i
 
 
 def figures(run: Path, prepared: Path, steps: int) -> list[dict]:
-    from data_prep import load_schedule
     from ssu.eval.evaluate import load_results
+
+    from data_prep import load_schedule
 
     schedule = {b: int(s) for s, books in load_schedule(prepared)["steps"].items() for b in books}
     score = {(r["step"], r["book"]): r["value"] for r in load_results(run) if r["metric"] == "rougeL_f"}

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from omegaconf import MISSING
 
 from ssu.config import load, load_yaml, merge
@@ -63,7 +62,7 @@ class CompareConfig:
 
     model: str = MISSING
     data: str = MISSING
-    out: str = MISSING
+    out: Path = MISSING
     steps: Any = MISSING  # a count N (steps 1..N) or a list; every step up to the largest is run
     methods: list[str] = MISSING
     common: dict[str, Any] = field(default_factory=dict)
@@ -85,21 +84,20 @@ class CompareConfig:
         stray = sorted(set(self.per_method) - set(self.methods))
         if stray:
             raise SSUError(f"per_method names {', '.join(stray)}, which is not in methods")
-        if "method" in self.common or any("method" in v for v in self.per_method.values()):
-            raise SSUError("the method is set by the methods list, not by common or per_method")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
+        if "method" in self.common or any(set(v.get("method") or {}) - {"args"} for v in self.per_method.values()):
+            raise SSUError("the method is named by the methods list; per_method may give its args only "
+                           "(per_method: {npo: {method: {args: {beta: 0.2}}}})")
 
     def run_dir(self, method: str) -> Path:
-        return self.out_dir / method
+        return self.out / method
 
     def overrides(self, method: str) -> dict[str, Any]:
         """The run config of one method: common keys, then its own, then model/data/method."""
         model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         over = merge(self.common, self.per_method.get(method, {}))
-        return {**over, "model": model, "data": str(Path(self.data).resolve()), "method": method}
+        args = (over.pop("method", None) or {}).get("args") or {}
+        return {**over, "model": model, "data": str(Path(self.data).resolve()),
+                "method": {"name": method, "args": args} if args else method}
 
 
 def load_compare_config(source: str | Path | dict[str, Any]) -> CompareConfig:
@@ -155,7 +153,7 @@ def run_comparison(cc: CompareConfig, progress: bool = True, log: Callable[[str]
     if cc.retrain:
         # The common keys carry the seed and eval settings, so the evaluated windows are the same.
         for t in cc.steps:
-            retrain(cc.model, cc.data, cc.out_dir / RETRAIN / f"step_{t}", t, run_overrides=cc.common,
+            retrain(cc.model, cc.data, cc.out / RETRAIN / f"step_{t}", t, run_overrides=cc.common,
                     progress=progress)
             log(f"retrain: step {t} reference ready")
     return write_summary(cc)
@@ -231,7 +229,7 @@ def collect(cc: CompareConfig) -> dict[str, Any]:
                              "seconds": steps[str(t)]["timings"]["total_seconds"]})
     if cc.retrain:
         for t in cc.steps:
-            ref = cc.out_dir / RETRAIN / f"step_{t}"
+            ref = cc.out / RETRAIN / f"step_{t}"
             if (ref / EVAL / CONFIG).is_file():
                 rows.append({"step": t, "method": RETRAIN,
                              **summarize_results(load_results(ref / EVAL), t, set_goals(RunDir(ref / EVAL).config)),
@@ -277,7 +275,7 @@ def write_summary(cc: CompareConfig) -> dict[str, Any]:
 
     summary = collect(cc)
     books = load_schedule(cc.data)["steps"]
-    atomic_write_text(cc.out_dir / "comparison.md", format_table(summary, books))
-    atomic_write_json(cc.out_dir / "comparison.json", {**summary, "methods": cc.methods, "steps": cc.steps})
-    summary["plots"] = [str(p) for p in write_compare_plots(summary, cc.out_dir)]
+    atomic_write_text(cc.out / "comparison.md", format_table(summary, books))
+    atomic_write_json(cc.out / "comparison.json", {**summary, "methods": cc.methods, "steps": cc.steps})
+    summary["plots"] = [str(p) for p in write_compare_plots(summary, cc.out)]
     return summary

@@ -198,7 +198,8 @@ def finetune(model, method, fs: ForgetSet, train: TrainSettings, hooks: Hooks | 
 
     stats: dict = {"losses": [], "mask_fraction": [], "tokens": 0}
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=f"step {fs.step} ({method.name})", disable=not (hooks.progress and procs.is_main))
+    bar = tqdm(total=total_steps, desc=f"step {fs.step} ({method.name})",
+               disable=not (hooks.progress and procs.is_main))
     step = 0
     try:
         for epoch in range(1, train.epochs + 1):

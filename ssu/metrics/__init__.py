@@ -29,7 +29,6 @@ from ssu.metrics.substring import (
     longest_common_substring_chars,
     longest_common_words,
 )
-
 from ssu.registry import import_builtins
 
 # Every metric file registers itself on import; the registry is the public way to reach

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ssu.io import atomic_dir, atomic_write_json
 from ssu.errors import SSUError
+from ssu.io import atomic_dir, atomic_write_json
 from ssu.models.loading import SSU_MODEL_CARD
 
 # hidden size, layers, heads, MLP size. "base" matches the 5M-parameter Llama used

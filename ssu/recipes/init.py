@@ -53,7 +53,9 @@ def resolve_config(overrides: dict[str, Any] | None = None, sets: list[tuple[str
     base: dict[str, Any] = {}
     if named in PRESETS:
         base = merge(copy.deepcopy(PRESETS.get(named).config), {"preset": named})
-        overrides.pop("method", None)
+        given = overrides.pop("method", None)
+        if isinstance(given, dict) and given.get("args"):  # args for the preset's method
+            base = merge(base, {"method": {"args": given["args"]}})
         sets = [(k, v) for k, v in sets if k != "method"]
     return resolve(load(RunConfig, base, overrides, sets=sets))
 

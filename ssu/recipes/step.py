@@ -92,21 +92,21 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
 # --- 1. set up ------------------------------------------------------------------------
 
 
-def step_windows(cfg: RunConfig, step: int) -> tuple[list[str], list[dict], list[dict], list[dict]]:
+def step_windows(data: str | Path, step: int) -> tuple[list[str], list[dict], list[dict], list[dict]]:
     """(books removed at ``step``, their windows, the retain windows, the windows of books
-    removed at earlier steps) from the prepared directory and its schedule."""
+    removed at earlier steps) from the prepared directory ``data`` and its schedule."""
     from data_prep import load_schedule, read_window_rows
 
-    steps = load_schedule(cfg.data)["steps"]
+    steps = load_schedule(data)["steps"]
     if step not in steps:
         raise SSUError(f"the schedule has no step {step} (steps: {', '.join(map(str, sorted(steps)))})")
     books = list(steps[step])
     earlier_books = {b for t, bs in steps.items() if t < step for b in bs}
-    rows = read_window_rows(cfg.data)
+    rows = read_window_rows(data)
     forget = [w for w in rows if w["role"] == "forget"]
     windows = [w for w in forget if w["book"] in books]
     if not windows:
-        raise SSUError(f"step {step} has no windows in {cfg.data}")
+        raise SSUError(f"step {step} has no windows in {data}")
     return (books, windows, [w for w in rows if w["role"] == "retain"],
             [w for w in forget if w["book"] in earlier_books])
 
@@ -129,7 +129,7 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_composed(run, upto=step - 1, device=dev)
-    books, windows, retain, earlier = step_windows(cfg, step)
+    books, windows, retain, earlier = step_windows(cfg.data, step)
     wants_retain = method.needs_retain or any(r.needs_retain for r in regularizers)
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
                           with_random=method.uses_random_labels, retain=retain if wants_retain else None,

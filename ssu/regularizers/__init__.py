@@ -8,8 +8,8 @@ dataclass, written into the resolved config like every other. ``ssu list
 regularizers`` lists them.
 """
 
-from ssu.regularizers.base import REGULARIZERS, Regularized, Regularizer
 from ssu.registry import import_builtins
+from ssu.regularizers.base import REGULARIZERS, Regularized, Regularizer
 
 import_builtins(__name__)
 

@@ -37,8 +37,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from ssu.io import atomic_write_bytes
 from ssu.errors import SSUError
+from ssu.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 META_KEY, FORMAT_KEY = "ssu", "ssu_format"

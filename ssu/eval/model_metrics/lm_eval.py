@@ -85,9 +85,12 @@ class LMEval(ModelMetric):
         # past train.max_length); batch_size bounds the rows of each scoring forward.
         lm = HFLM(pretrained=ctx.model, tokenizer=ctx.tokenizer, batch_size=ctx.config.eval.batch_size)
         seed = ctx.config.seed
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=self.args.limit,
-                              log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS, random_seed=seed,
-                              numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        try:
+            out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=self.args.limit,
+                                  log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS, random_seed=seed,
+                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        except FileNotFoundError as e:  # a local task's data file, named in one line
+            raise SSUError(f"lm-eval: {e}") from None
         return rows_from_results(out, ctx.step)
 
 
