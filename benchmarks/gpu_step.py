@@ -161,24 +161,20 @@ def reference(model, fs, pad_id: int, device: torch.device, lr: float) -> dict:
 
 
 def ours(model, fs, pad_id: int, device: torch.device, cfg) -> dict:
-    from ssu.step import _prepare_trainable
+    from dataclasses import replace
 
     from ssu.engine.finetune import finetune
     from ssu.engine.precision import autocast_forward
-    from ssu.methods import get_method
+    from ssu.recipes.components import build_method
+    from ssu.recipes.step import trainable
 
     if cfg.train.finetune == "full" and model.dtype != torch.float32:  # master weights, as ssu step does
         model = autocast_forward(model.float(), model.dtype)
-    trainable, _ = _prepare_trainable(model, cfg)
+    model = trainable(model, cfg)
     sync(device)
-    stats = finetune(trainable, get_method("ssu")(cfg), fs, pad_id, lr=cfg.train.lr, epochs=1,
-                     batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum,
-                     max_grad_norm=cfg.train.max_grad_norm, saliency_k=cfg.saliency_k,
-                     saliency_density=cfg.saliency_density, seed=cfg.seed + 1, progress=False,
-                     share_prompts=cfg.train.share_prompts, windows_per_backward=cfg.train.windows_per_backward,
-                     tokens_per_backward=cfg.train.tokens_per_backward)
+    result = finetune(model, build_method(cfg), fs, replace(cfg.train, epochs=1))
     sync(device)
-    return {"train_s": stats["seconds"], "tokens": stats["tokens"]}
+    return {"train_s": result.seconds, "tokens": result.tokens}
 
 
 def main() -> None:
@@ -193,26 +189,28 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
 
-    from ssu.step import _device_defaults
-
-    from ssu.config import merge, parse_set, resolve
+    from ssu.config import parse_set
     from ssu.engine.forget_set import build_forget_set
     from ssu.models.tiny import train_tokenizer
+    from ssu.recipes.init import device_defaults, resolve_config
+    from ssu.recipes.step import step_windows
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # ssu's `dtype: auto`
-    overrides = parse_set(args.sets)
-    cfg = resolve(merge({"train": {"finetune": args.finetune, "lr": 1e-5, "epochs": 1, "batch_size": BATCH,
-                                   "grad_accum": ACCUM, "lora": {"r": 32, "alpha": 32, "target_modules": TARGETS}},
-                         "epsilon": EPSILON, "k_random": K, "device": device.type}, overrides))
-    chosen = _device_defaults(cfg, overrides)  # what `ssu init` would write for this device
+    sets = parse_set(args.sets)
+    cfg = resolve_config({"train": {"finetune": args.finetune, "lr": 1e-5, "epochs": 1, "batch_size": BATCH,
+                                    "grad_accum": ACCUM, "lora": {"r": 32, "alpha": 32, "target_modules": TARGETS}},
+                          "method": {"name": "ssu", "args": {"epsilon": EPSILON, "k_random": K}},
+                          "device": device.type, "seed": 1}, sets)
+    given = {k.split(".")[1] for k, _ in sets if k.startswith("train.")}
+    chosen = device_defaults(cfg, given)  # what `ssu init` would write for this device
     work = Path(tempfile.mkdtemp(prefix="ssu-gpu-step-"))
     prepared = prepare(work, args.windows)
     from data_prep import load_books
 
     tokenizer = train_tokenizer(list(load_books(prepared)["text"]), vocab_size=8192)
-    fs = build_forget_set(prepared, 1, tokenizer, k_random=K, seed=1, max_length=PAD_TO)
+    fs = build_forget_set(1, step_windows(prepared, 1)[1], tokenizer, k_random=K, seed=1, max_length=PAD_TO)
     n_params = None
     peak = matmul_peak(device)
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "

@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ssu.models.memorize import MemorizeConfig, memorize
-
 from data_prep import prepare_books, write_synthetic_corpus
 from ssu.models.tiny import make_tiny_model
+from ssu.recipes.memorize import MemorizeConfig, memorize
 
 
 def main() -> None:

@@ -82,10 +82,9 @@ class TrainMemory:
 
 
 def build_world(work: Path, n_books: int, words: int, mem_epochs: int) -> dict:
-    from ssu.models.memorize import MemorizeConfig, memorize
-
     from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
+    from ssu.recipes.memorize import MemorizeConfig, memorize
 
     if (work / "memorized" / "memorize.json").is_file():
         return json.loads((work / "memorized" / "memorize.json").read_text())
@@ -130,28 +129,28 @@ def _warm_up(work: Path, finetune: str = "full") -> None:
     from dataclasses import replace
 
     import torch
-    from ssu.step import _prepare_trainable
 
-    from ssu.config import resolve
     from ssu.engine.finetune import finetune as run_finetune
     from ssu.engine.forget_set import build_forget_set
-    from ssu.methods import get_method
     from ssu.models.loading import load_model, load_tokenizer
+    from ssu.recipes.components import build_method
+    from ssu.recipes.init import resolve_config
+    from ssu.recipes.step import step_windows, trainable
 
-    cfg = resolve({"train": {"finetune": finetune}})
+    cfg = resolve_config({"train": {"finetune": finetune}})
     tok = load_tokenizer(str(work / "memorized"))
-    model, _ = _prepare_trainable(load_model(str(work / "memorized"), "cpu"), cfg)
-    fs = build_forget_set(work / "prepared", 1, tok, k_random=cfg.k_random)
-    fs = replace(fs, learn=fs.learn[:2], random=fs.random[:2])
-    run_finetune(model, get_method("ssu")(cfg), fs, tok.pad_token_id, lr=1e-4, epochs=1, batch_size=2,
-                 grad_accum=1, max_grad_norm=1.0, saliency_k=1.0, saliency_density=None, seed=0, progress=False,
-                 windows_per_backward=cfg.train.windows_per_backward)  # as run_step does
+    model = trainable(load_model(str(work / "memorized"), "cpu"), cfg)
+    method = build_method(cfg)
+    windows = step_windows(work / "prepared", 1)[1][:2]
+    fs = build_forget_set(1, windows, tok, k_random=method.args.k_random)
+    run_finetune(model, method, fs, replace(cfg.train, lr=1e-4, epochs=1, batch_size=2, grad_accum=1))  # as run_step
     del model
     torch.manual_seed(0)
 
 
 def worker_steps(work: Path, variant: str, steps: int) -> dict:
-    from ssu.step import init_run, run_step
+    from ssu.recipes.init import init_run
+    from ssu.recipes.step import run_step
 
     _warm_up(work, variant)
     run = Path(tempfile.mkdtemp(prefix=f"run-{variant}-", dir=work)) / "run"
@@ -173,21 +172,22 @@ def worker_ours_r32(work: Path, variant: str = "ours") -> dict:
 
     ``ours-packed``: the same with ``train.share_prompts=false``.
     """
-    import ssu.step
-    from ssu.step import init_run, run_step
+    import ssu.recipes.step
+    from ssu.recipes.init import init_run
+    from ssu.recipes.step import run_step
 
     _warm_up(work, "lora")
     run = Path(tempfile.mkdtemp(prefix="run-ours-", dir=work)) / "run"
     train = {"finetune": "lora", **TRAIN, **({"share_prompts": False} if variant == "ours-packed" else {})}
     init_run(run, {"model": str(work / "memorized"), "data": str(work / "prepared"), "device": "cpu",
                    "train": train, "eval": {"enabled": False}})
-    mem, finetune = TrainMemory(), ssu.step.finetune
+    mem, finetune = TrainMemory(), ssu.recipes.step.finetune
 
     def measured_finetune(*args, **kwargs):
         mem.start()
         return finetune(*args, **kwargs)
 
-    ssu.step.finetune = measured_finetune
+    ssu.recipes.step.finetune = measured_finetune
     t0 = time.perf_counter()
     e = run_step(run, 1, progress=False)
     return {"variant": variant, "train_s": e["timings"]["train_seconds"], "total_s": time.perf_counter() - t0,

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from ssu.models.memorize import rouge_by_book
-from ssu.run import RunDir
-from ssu.vectors.compose import load_composed
-
 from data_prep import read_window_rows
+from ssu.eval.memorization import rouge_by_book
 from ssu.models.loading import load_tokenizer
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RunDir
 
 
 def main() -> None:

@@ -1,11 +1,13 @@
-"""Two processes under ``accelerate launch`` (DDP over gloo on the CPU) make the one-process step.
+"""Two processes under ``accelerate launch`` (gloo on the CPU) make the one-process step, with DDP and FSDP.
 
 This is the path a multi-GPU run takes: each process works on its share of every
-optimizer step's windows, DDP reduces the gradients in the step's last backward,
-the saliency mask is taken from the reduced gradient, and only the main process
-writes. The stored vector must match the single-process one up to float summation
-order -- also when a group has fewer windows than processes (one process then
-joins the reduction with a zero-weighted backward).
+optimizer step's windows, DDP (or FSDP2's ``fully_shard``) reduces the gradients in the
+step's last backward, the saliency mask is taken from the reduced gradient -- under
+FSDP from every process's statistics, each process masking its own shard -- and only
+the main process writes. The stored vector must match the single-process one up to
+float summation order -- also when a group has fewer windows than processes (one
+process then joins the reduction with a zero-weighted backward). Under FSDP the
+pre-step snapshot is kept per shard: the main process holds about half the weights.
 """
 
 from __future__ import annotations
@@ -22,22 +24,23 @@ import pytest
 from ssu.recipes.step import run_step
 from ssu.vectors import load_vector
 
-DDP_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "accelerate" / "ddp.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "accelerate"
 ACCELERATE = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
 
 
 @pytest.mark.skipif(not os.path.exists(ACCELERATE), reason="accelerate's launcher not installed")
-@pytest.mark.parametrize("train", [{"grad_accum": 2}, {"batch_size": 1, "grad_accum": 1}],
-                         ids=["two-windows-each", "one-window-per-step"])
-def test_two_processes_match_one(run_dir, train, tmp_path, free_port):
+@pytest.mark.parametrize("kind, train", [("ddp", {"grad_accum": 2}), ("ddp", {"batch_size": 1, "grad_accum": 1}),
+                                         ("fsdp", {"grad_accum": 2})],
+                         ids=["ddp-two-windows-each", "ddp-one-window-per-step", "fsdp"])
+def test_two_processes_match_one(run_dir, kind, train, tmp_path, free_port):
     single = run_dir(name="single", train=train)
     double = run_dir(name="double", train=train)
     run_step(single, 1, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The shipped DDP config (a multi-process launch); on a machine without GPUs ssu's
+    # The shipped config (a multi-process launch); on a machine without GPUs ssu's
     # processes form a gloo group on the CPU.
     proc = subprocess.run(
-        [ACCELERATE, "launch", "--config_file", str(DDP_CONFIG), "--num_processes", "2",
+        [ACCELERATE, "launch", "--config_file", str(CONFIGS / f"{kind}.yaml"), "--num_processes", "2",
          "--dynamo_backend", "no", "--main_process_port", str(free_port),
          "-m", "ssu.cli", "step", str(double), "1", "--no-eval"],
         capture_output=True, text=True, timeout=300, env=env)
@@ -49,5 +52,9 @@ def test_two_processes_match_one(run_dir, train, tmp_path, free_port):
     assert abs(a.norm() - b.norm()) < 1e-6 * max(a.norm(), 1.0)
     manifest = json.loads((double / "manifest.json").read_text())
     assert list(manifest["steps"]) == ["1"]  # written once, by the main process
+    ran = manifest["steps"]["1"]["processes"]
+    assert ran["kind"] == kind and ran["world"] == 2
+    share = ran["snapshot_bytes"] / ran["float32_bytes"]
+    assert (0.45 < share < 0.55) if kind == "fsdp" else share == 1.0  # FSDP: this process's shards only
     losses = [json.loads((r / "step_1" / "step.json").read_text())["train"]["losses"] for r in (single, double)]
     assert [x["loss"] for x in losses[1]] == pytest.approx([x["loss"] for x in losses[0]], rel=1e-5)

@@ -56,7 +56,7 @@ def books_layout(out: Path, books: Path, extra: Path) -> Path:
 
 
 def summary(run: Path, steps: int) -> list[dict]:
-    from ssu.eval.evaluate import load_results
+    from ssu.recipes.evaluate import load_results
 
     rows = load_results(run)
     out = []

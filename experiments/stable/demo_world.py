@@ -8,8 +8,8 @@ and of books not yet removed; then checks the issue's goal (every removed book <
 memorized at its step and later; retained >= 0.85, not yet removed >= 0.75 after step 3).
 
     python experiments/stable/demo_world.py --out runs/stable --seeds 0 1 2
-    python experiments/stable/demo_world.py --methods ssu ssu-stable --set fisher_lambda=30
-    python experiments/stable/demo_world.py --tag=-guard --set 'regularizers=[fisher,guard]'
+    python experiments/stable/demo_world.py --methods ssu ssu-stable --set regularizers.0.args.lam=10
+    python experiments/stable/demo_world.py --tag=-guard --set 'regularizers=[{name: fisher, args: {lam: 30}}, guard]'
 
 Re-runnable: completed worlds, steps and evaluations are skipped.
 """
@@ -23,10 +23,9 @@ from pathlib import Path
 
 
 def world(root: Path, seed: int) -> tuple[Path, Path]:
-    from ssu.models.memorize import MemorizeConfig, memorize
-
     from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
+    from ssu.recipes.memorize import MemorizeConfig, memorize
 
     corpus, prepared, tiny, memorized = (root / n for n in ("corpus", "prepared", "tiny", "memorized"))
     if not corpus.exists():
@@ -41,16 +40,15 @@ def world(root: Path, seed: int) -> tuple[Path, Path]:
 
 
 def run_method(root: Path, prepared: Path, memorized: Path, method: str, seed: int, steps: int,
-               overrides: dict, tag: str = "") -> Path:
-    from ssu.eval.evaluate import evaluate_step
-    from ssu.step import init_run, run_step
-
-    from ssu.config import merge
+               sets: list, tag: str = "") -> Path:
+    from ssu.recipes.evaluate import evaluate_step
+    from ssu.recipes.init import init_run
+    from ssu.recipes.step import run_step
 
     run = root / f"run-{method}{tag}"
     if not (run / "config.json").exists():
-        init_run(run, merge({"model": str(memorized), "data": str(prepared), "method": method, "seed": seed,
-                             "device": "cpu", "train": {"finetune": "full"}}, overrides))
+        init_run(run, {"model": str(memorized), "data": str(prepared), "method": method, "seed": seed,
+                       "device": "cpu", "train": {"finetune": "full"}}, sets=sets)
     evaluate_step(run, 0, progress=False)
     for t in range(1, steps + 1):
         run_step(run, t, progress=False)
@@ -59,9 +57,8 @@ def run_method(root: Path, prepared: Path, memorized: Path, method: str, seed: i
 
 
 def figures(run: Path, prepared: Path, steps: int) -> list[dict]:
-    from ssu.eval.evaluate import load_results
-
     from data_prep import load_schedule
+    from ssu.recipes.evaluate import load_results
 
     schedule = {b: int(s) for s, books in load_schedule(prepared)["steps"].items() for b in books}
     score = {(r["step"], r["book"]): r["value"] for r in load_results(run) if r["metric"] == "rougeL_f"}
@@ -93,7 +90,7 @@ def main() -> None:
 
     from ssu.config import parse_set
 
-    overrides = parse_set(args.sets)
+    sets = parse_set(args.sets)
     table = {}
     t0 = time.perf_counter()
     for seed in args.seeds:
@@ -105,14 +102,14 @@ def main() -> None:
                   f"(min ROUGE-L {min(memo['rougeL_by_book'].values()):.2f})", flush=True)
         for method in args.methods:
             run = run_method(root, prepared, memorized, method, seed, args.steps,
-                             {} if method == "ssu" else overrides, "" if method == "ssu" else args.tag)
+                             [] if method == "ssu" else sets, "" if method == "ssu" else args.tag)
             table[(method, seed)] = figures(run, prepared, args.steps)
             manifest = json.loads((run / "manifest.json").read_text())["steps"]
             alphas = [round(manifest[str(t)]["alpha"], 3) for t in range(1, args.steps + 1)]
             print(f"[{time.perf_counter() - t0:5.0f}s] {method} seed {seed}: alphas {alphas}", flush=True)
 
     print(f"\nafter each step: worst removed book / its memorized ROUGE-L | retained | not yet removed "
-          f"(mean ROUGE-L){'; overrides ' + str(overrides) if overrides else ''}")
+          f"(mean ROUGE-L){'; overrides ' + str(sets) if sets else ''}")
     for (method, seed), rows in table.items():
         cells = "  ".join(f"s{r['step']}: {r['removed_frac']:.2f} | {r['retain']:.2f} | {r['future']:.2f}"
                           for r in rows)

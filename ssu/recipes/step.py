@@ -259,6 +259,12 @@ def save(setup: StepSetup, result: FinetuneResult, vector, alpha: float, calibra
         **metadata,
         "n_windows": len(setup.fs.learn),
         "precision": _precision(setup.model),
+        # how the step ran: a plain process, DDP or FSDP; the pre-step snapshot this (main)
+        # process held -- under FSDP its shards only -- against the whole weights' float32 bytes
+        "processes": {"kind": setup.procs.kind, "world": setup.procs.world,
+                      "snapshot_bytes": sum(t.numel() * t.element_size() for t in (setup.snapshot or {}).values()),
+                      "float32_bytes": 4 * sum(p.numel() for p in setup.procs.unwrap(result.model).parameters()
+                                               if p.requires_grad)},  # a DTensor's numel is the whole tensor's
         "hyperparameters": {"lr": cfg.train.lr, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
                             "grad_accum": cfg.train.grad_accum, "method": dict(cfg.method.args),
                             "saliency": method.saliency_mode, "seed": cfg.seed + step},
