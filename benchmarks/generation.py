@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--tokens-per-batch", type=int, default=None)
     ap.add_argument("--single", type=int, default=None, help="prompts for the one-at-a-time loop (default all)")
     ap.add_argument("--size", default="tiny", help="tiny-model size when no --model/--shape")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -145,6 +146,15 @@ def main() -> None:
               f"speed-up first {all_single / cpu[0]:.1f}x, warm {all_single / cpu[1]:.1f}x")
     print(f"  copy bandwidth {bw / 1e9:.1f} GB/s -> bound {rows} x bandwidth / model bytes = {bound:,.0f} tokens/s; "
           f"warm call at {100 * n_tokens / t_warm / bound:.1f} % of it")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "model": args.shape or Path(args.model).name, "parameters": params, "device": str(device), "dtype": args.dtype,
+            "prompts": len(prompts), "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+            "first_s": t_first, "warm_s": t_warm, "single_s": t_single, "single_prompts": len(singles),
+            "warm_tokens_per_s": n_tokens / t_warm, "speedup_warm": per_prompt_single * len(prompts) / t_warm,
+            "identical": same, "bandwidth_gbs": bw / 1e9, "bound_fraction": n_tokens / t_warm / bound}, indent=1))
 
 
 if __name__ == "__main__":
