@@ -14,8 +14,8 @@ Then it prints, per method and step, the mean ROUGE-L of the book removed now, o
 removed earlier, of books not yet removed and of retained books, and the held-out
 perplexity, and writes them to OUT/summary.json and OUT/summary.md.
 
-    python experiments/pretrained_world/run_world.py --pretrained /work/pw_runs/pretrained \\
-        --corpus /work/pw_runs/corpus --extra /work/pw_runs/books_extra --out runs/pretrained_world
+    python experiments/pretrained_world/run_world.py --pretrained runs/pw/pretrained \\
+        --corpus runs/pw/corpus --extra runs/pw/books_extra --out runs/pretrained_world
 """
 
 from __future__ import annotations
