@@ -152,6 +152,9 @@ def test_init_rejects_unknown_method_and_keys(synthetic_world, tmp_path):
                               ok=False), "kl: lam must be >= 0")
     assert_one_line_error(ssu("init", tmp_path / "k", *common, "--model", tmp_path / "nonexistent", ok=False),
                           "no such directory")
+    # a hub id that resolves neither from the cache nor from the hub (offline here, absent online)
+    assert_one_line_error(ssu("init", tmp_path / "l", *common, "--model", "ssu-tests-no-such-org/no-such-model",
+                              ok=False), "not in the local cache")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train:\n  epochz: 3\n")
     assert_one_line_error(ssu("init", tmp_path / "d", *common, "--config", bad_yaml, ok=False),
@@ -166,7 +169,7 @@ def test_init_rejects_unknown_method_and_keys(synthetic_world, tmp_path):
                           "--model is required")
     assert_one_line_error(ssu("init", tmp_path / "g", "--model", synthetic_world.memorized,
                               "--data", tmp_path / "nowhere", ok=False))
-    assert not any((tmp_path / n).exists() for n in "bcdefghijktu")
+    assert not any((tmp_path / n).exists() for n in "bcdefghijkltu")
 
 
 # --- ssu step / stack / compose ---------------------------------------------------------

@@ -95,11 +95,18 @@ def check_model(name_or_path: str, trust_remote_code: bool = False) -> None:
         return
     if _looks_like_path(name_or_path):
         raise SSUError(f"--model {name_or_path}: no such directory")
-    try:
-        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise SSUError(f"--model {name_or_path}: not a local directory, and no hub model of that name resolves "
-                       f"here (offline, or not found): {_first_line(e)}") from None
+    try:  # the local cache first: no network needed for a model downloaded before
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    try:  # one request to the hub (a file download would retry with back-off for half a minute offline)
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(name_or_path, timeout=10)
+    except Exception as e:  # noqa: BLE001 - offline, not found, gated: all one line at the door
+        raise SSUError(f"--model {name_or_path}: not a local directory, not in the local cache, and the hub "
+                       f"does not resolve it (offline, or no such model): {_first_line(e)}") from None
 
 
 def model_card(name_or_path: str) -> dict[str, Any]:

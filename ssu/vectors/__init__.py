@@ -4,7 +4,8 @@
 - ``lora_vector``: the exact delta of a LoRA fine-tune, kept as factors.
 - ``io``: ``load_vector`` for either kind.
 - ``stack``: the ordered vectors of a run, composition and re-weighting.
-- ``compose``: θ_t from a run directory, in memory (exact in every dtype) or as a model directory.
+
+Composing θ_t from a run directory is a recipe (``ssu.recipes.compose``); nothing here reads one.
 """
 
 from ssu.vectors.io import load_vector
