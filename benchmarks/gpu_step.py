@@ -57,14 +57,20 @@ def books_dir() -> Path:
     return Path(os.environ.get("SSU_GUTENBERG", here.parent / "shared" / "data" / "gutenberg"))
 
 
-def prepare(work: Path, windows: int) -> Path:
-    from data_prep import prepare_books
+def prepare(work: Path, windows: int, books: str | None = None) -> Path:
+    """``windows`` windows of 100 + 100 words: of Gutenberg book 1, or (``books="synthetic"``) of a
+    synthetic book -- the CPU-size check in the test suite needs no data outside the repository."""
+    from data_prep import prepare_books, write_synthetic_corpus
 
-    src = books_dir() / "time_step_1"
-    if not src.is_dir():
-        raise SystemExit(f"error: {src} not found (set SSU_GUTENBERG to the gutenberg directory)")
-    (work / "books").mkdir(parents=True)
-    (work / "books" / "time_step_1").symlink_to(src)
+    if books == "synthetic":
+        write_synthetic_corpus(work / "books", n_books=1, seed=0, words_per_book=windows * 200 + 50)
+    else:
+        src = Path(books) / "time_step_1" if books else books_dir() / "time_step_1"
+        if not src.is_dir():
+            raise SystemExit(f"error: {src} not found (set SSU_GUTENBERG to the gutenberg directory, "
+                             "or pass --books synthetic)")
+        (work / "books").mkdir(parents=True)
+        (work / "books" / "time_step_1").symlink_to(src)
     prepare_books(work / "books", work / "prepared", max_words=windows * 200)
     return work / "prepared"
 
@@ -183,6 +189,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu")
     ap.add_argument("--finetune", choices=["lora", "full"], default="lora")
     ap.add_argument("--windows", type=int, default=65)
+    ap.add_argument("--books", default=None, help="books directory with time_step_1/ (default: $SSU_GUTENBERG or "
+                    "../shared/data/gutenberg), or 'synthetic'")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="run-config override for ours, e.g. train.windows_per_backward=2")
     ap.add_argument("--only", choices=["ours", "reference"], default=None)
@@ -206,7 +214,7 @@ def main() -> None:
     given = {k.split(".")[1] for k, _ in sets if k.startswith("train.")}
     chosen = device_defaults(cfg, given)  # what `ssu init` would write for this device
     work = Path(tempfile.mkdtemp(prefix="ssu-gpu-step-"))
-    prepared = prepare(work, args.windows)
+    prepared = prepare(work, args.windows, args.books)
     from data_prep import load_books
 
     tokenizer = train_tokenizer(list(load_books(prepared)["text"]), vocab_size=8192)
