@@ -150,7 +150,8 @@ def main() -> None:
         import json
 
         Path(args.json).write_text(json.dumps({
-            "model": args.shape or Path(args.model).name, "parameters": params, "device": str(device), "dtype": args.dtype,
+            "model": args.shape or Path(args.model).name, "parameters": params, "device": str(device),
+            "dtype": args.dtype,
             "prompts": len(prompts), "new_tokens": args.new_tokens, "batch_size": args.batch_size,
             "first_s": t_first, "warm_s": t_warm, "single_s": t_single, "single_prompts": len(singles),
             "warm_tokens_per_s": n_tokens / t_warm, "speedup_warm": per_prompt_single * len(prompts) / t_warm,

@@ -58,7 +58,8 @@ def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
                     "argv": [sys.executable, str(HERE / "gpu_step.py"), "--device", device, *argv,
                              "--json", str(work / f"step-{name}.json")]})
     gen = (["--shape", "8b", "--dtype", "bfloat16", "--prompts", "64", "--batch-size", "32", "--new-tokens", "64",
-            "--single", "8"] if gpu else ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"])
+            "--single", "8"] if gpu else
+           ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"])
     out.append({"name": "generation-8b", "kind": "generation", "limit": 150 if gpu else 60,
                 "argv": [sys.executable, str(HERE / "generation.py"), "--device", device, *gen,
                          "--json", str(work / "generation-8b.json")]})
@@ -153,8 +154,9 @@ def summary(check: dict, data: dict) -> str:
                          f"{o['peak_gb'] / ref['peak_gb']:.2f}")
         return f"{data['shape']}, {data['rows'][0]['parameters'] / 1e9:.2f}B params; " + "; ".join(cells)
     if kind == "generation":
-        return (f"{data['model']}, batch {data['batch_size']}: first {data['first_s']:.1f} s, warm {data['warm_s']:.1f} s "
-                f"({data['warm_tokens_per_s']:,.0f} tok/s, {100 * data['bound_fraction']:.0f} % of the bandwidth bound), "
+        return (f"{data['model']}, batch {data['batch_size']}: first {data['first_s']:.1f} s, "
+                f"warm {data['warm_s']:.1f} s ({data['warm_tokens_per_s']:,.0f} tok/s, "
+                f"{100 * data['bound_fraction']:.0f} % of the bandwidth bound), "
                 f"{data['speedup_warm']:.1f}x one at a time, identical {data['identical']}/{data['single_prompts']}")
     if kind == "stack":
         p = data["precision"]

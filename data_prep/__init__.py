@@ -21,11 +21,12 @@ from data_prep.clean import clean_text
 from data_prep.errors import PrepError
 from data_prep.generic import GenericText, load_generic
 from data_prep.prepare import prepare_books
-from data_prep.store import load_books, load_schedule, load_windows, read_window_rows, windows_for
+from data_prep.store import book_digests, load_books, load_schedule, load_windows, read_window_rows, windows_for
 from data_prep.synth import write_synthetic_corpus
 from data_prep.windows import count_words, make_windows
 
 __all__ = [
+    "book_digests",
     "GenericText",
     "PrepError",
     "clean_text",

@@ -20,6 +20,7 @@ books, no timestamps), so a prepared directory can be checksummed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,29 @@ def _load_book(
     return PreparedBook(path, path.stem, role, step, text, n_words, windows)
 
 
+REQUEST_FILE = "request.json"
+REQUEST_KEYS = ("id", "note")
+
+
+def read_requests(books_dir: Path, steps: list[int]) -> dict[str, dict[str, str]]:
+    """The takedown request each step serves, from an optional ``time_step_T/request.json``
+    (``{"id": "...", "note": "..."}``); recorded in the schedule and, per step, the manifest."""
+    out = {}
+    for t in steps:
+        path = books_dir / f"time_step_{t}" / REQUEST_FILE
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PrepError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(data, dict) or set(data) - set(REQUEST_KEYS) or \
+                not all(isinstance(v, str) for v in data.values()):
+            raise PrepError(f"{path} must be a JSON object with string fields from {', '.join(REQUEST_KEYS)}")
+        out[str(t)] = data
+    return out
+
+
 def _jsonl(rows: list[dict[str, Any]]) -> str:
     # Sorted keys and literal UTF-8 (no \u escapes) keep files deterministic
     # and readable.
@@ -178,7 +202,12 @@ def prepare_books(
         "max_words": max_words,
         "lowercase": lowercase,
         "source": str(books_dir.resolve()),
+        # what the takedown record names as removed: each raw file's bytes
+        "raw_sha256": {b.book: hashlib.sha256(b.path.read_bytes()).hexdigest() for b in books},
     }
+    requests = read_requests(books_dir, sorted(layout.steps))
+    if requests:
+        schedule["requests"] = requests
     window_rows = [
         {"book": b.book, "role": b.role, "step": b.step, "window": i,
          "prompt": prompt, "continuation": continuation}

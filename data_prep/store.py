@@ -150,3 +150,31 @@ def windows_for(prepared_dir: str | Path, books: list[str]) -> list[dict[str, An
         )
     wanted = set(books)
     return [r for r in rows if r["book"] in wanted]
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def book_digests(prepared_dir: str | Path, books: list[str] | None = None) -> dict[str, dict[str, str | None]]:
+    """What exactly a book is, for the takedown record: per book the sha256 of its raw file
+    (recorded by ``prepare``; None for directories prepared before it was), of its cleaned
+    text, and of its prepared windows (their lines of ``windows.jsonl``, in order).
+
+    Raises:
+        PrepError: a name is not a book of this prepared directory.
+    """
+    root = _require_prepared(prepared_dir)
+    raw = load_schedule(root).get("raw_sha256", {})
+    texts = {r["book"]: r["text"] for r in _read_jsonl(root / BOOKS_FILE)}
+    lines: dict[str, list[str]] = {}
+    for r in _read_jsonl(root / WINDOWS_FILE):
+        lines.setdefault(r["book"], []).append(json.dumps(r, ensure_ascii=False, sort_keys=True))
+    wanted = sorted(texts) if books is None else list(books)
+    unknown = sorted(set(wanted) - set(texts))
+    if unknown:
+        raise PrepError(f"unknown book(s) {', '.join(unknown)} in {root}")
+    return {b: {"raw_sha256": raw.get(b), "text_sha256": _sha256(texts[b]),
+                "windows_sha256": _sha256("\n".join(lines.get(b, [])) + "\n")} for b in wanted}

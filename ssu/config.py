@@ -107,11 +107,15 @@ class CalibrateSettings:
     # End the fine-tune at the first epoch whose vector reaches the target (at alpha_max
     # when enabled, else at the run's alpha); one process only.
     early_stop: bool = False
+    # Share of each removed book's windows that calibration and early stop may see; the
+    # rest are its audit windows, on which evaluation reports it (ssu/recipes/calibrate.py).
+    share: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
-               and (self.rouge is None or 0 <= self.rouge <= 1),
-               "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, fraction in (0, 1], rouge in [0, 1]")
+               and (self.rouge is None or 0 <= self.rouge <= 1) and 0 < self.share < 1,
+               "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, fraction in (0, 1], rouge in [0, 1], "
+               "share in (0, 1)")
 
 
 def _specs(*names: str) -> list[ComponentSpec]:
@@ -134,6 +138,13 @@ class EvalSettings:
     extra_sets: dict[str, Any] = field(default_factory=dict)
     # Model-level metrics (ssu/eval/model_metrics/), e.g. {name: lm_eval, args: {tasks: [mmlu]}}.
     model_metrics: list[ComponentSpec] = field(default_factory=lambda: _specs("perplexity", "mia"))
+    # Probes (ssu/eval/probes/), e.g. [shifted, {name: sampled, args: {k: 8}}], run on the
+    # windows of probe_sets (removed books on their audit windows) after the metrics. The
+    # default set is the worst case of the model as released (relearning trains, so it is
+    # asked for by name); about 16 greedy passes over the probed windows.
+    probes: list[ComponentSpec] = field(default_factory=lambda: _specs("shifted", "sampled", "quantized",
+                                                                        "rounded"))
+    probe_sets: list[str] = field(default_factory=lambda: ["removed-now", "removed-earlier", "heldout"])
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1 and (self.tokens_per_batch is None or self.tokens_per_batch >= 1)
@@ -346,7 +357,7 @@ def environment() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for pkg in ("ssu", "torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "safetensors",
-                "omegaconf"):
+                "omegaconf", "bitsandbytes"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

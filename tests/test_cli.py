@@ -232,6 +232,25 @@ def test_compose_upto_and_alpha(stepped_run, synthetic_world, tmp_path):
     assert not any((tmp_path / n).exists() for n in "xyz")
 
 
+def test_audit_verify_and_probe_errors(stepped_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(stepped_run, run)
+    out = ssu("audit", run).stdout
+    assert out.startswith("step 1 [(no id)]") and (run / "audit.json").is_file() and (run / "audit.md").is_file()
+    assert "verified" in ssu("audit", run, "--verify").stdout
+    vector = RunDir(run).vector_path(1)
+    data = bytearray(vector.read_bytes())
+    data[-1] ^= 1
+    vector.write_bytes(bytes(data))
+    assert_one_line_error(ssu("audit", run, "--verify", ok=False), "step 1: the vector")
+    assert_one_line_error(ssu("eval", run, 1, "--probe", "shiftd", ok=False), "unknown probe 'shiftd'",
+                          "Did you mean 'shifted'?")
+    assert_one_line_error(ssu("stack", run, "--reweight", "1:0", ok=False), "--reweight expects STEP=VALUE")
+    assert_one_line_error(ssu("stack", run, "--reweight", "2=0", ok=False), "step 2 is not complete")
+
+
 # --- data and model commands --------------------------------------------------------------
 
 

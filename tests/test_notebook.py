@@ -22,7 +22,8 @@ def evaluated_run(synthetic_world, tmp_path_factory):
     run = tmp_path_factory.mktemp("nb") / "run"
     init_run(run, {"model": str(synthetic_world.memorized), "data": str(synthetic_world.prepared),
                    "device": "cpu", "train": {"finetune": "full", "lr": 1e-3, "epochs": 2},
-                   "eval": {"metrics": ["rougeL_f", "verbatim_8gram"]}})
+                   "eval": {"metrics": ["rougeL_f", "verbatim_8gram"],
+                            "probes": [{"name": "shifted", "args": {"variants": ["tail", "later"]}}]}})
     for t in (0, 1):
         if t:
             run_step(run, t, progress=False)
@@ -33,6 +34,7 @@ def evaluated_run(synthetic_world, tmp_path_factory):
 def test_report_matrix_and_plots(evaluated_run):
     text = format_matrix(evaluated_run)
     assert "step 0" in text and "step 1" in text and "perplexity (heldout)" in text
+    assert "greedy/worst (worst: per window the max over greedy, shifted)" in text
     assert all(p.stat().st_size > 1000 for p in write_plots(evaluated_run))
 
 
@@ -43,3 +45,4 @@ def test_notebook_executes(evaluated_run, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert (evaluated_run / "notebook_tradeoff.png").is_file()
+    assert (evaluated_run / "notebook_removal_depth.png").is_file()

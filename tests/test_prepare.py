@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -143,6 +144,8 @@ def test_prepare_outputs_and_schedule(books_dir: Path, tmp_path: Path) -> None:
         "retain": ["r_book"], "heldout": ["h_book"], "prompt_words": 5,
         "continuation_words": 5, "max_words": 40, "lowercase": False,
         "source": str(books_dir.resolve()),
+        # each raw file's bytes, for the takedown record
+        "raw_sha256": {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in books_dir.rglob("*.txt")},
     }
     assert json.loads((out / "schedule.json").read_text()) == schedule
     loaded = load_schedule(out)
@@ -297,3 +300,14 @@ def test_bad_options(opts: dict, expected: str, books_dir: Path, tmp_path: Path)
         prepare_books(books_dir, tmp_path / "prep", **opts)
     assert not (tmp_path / "prep").exists()
 
+
+
+def test_request_files_name_the_takedown_and_bad_ones_are_refused(books_dir: Path, tmp_path: Path) -> None:
+    (books_dir / "time_step_2" / "request.json").write_text('{"id": "REQ-7", "note": "rights holder"}')
+    schedule = prepare_books(books_dir, tmp_path / "ok", max_words=40, **OPTS)
+    assert schedule["requests"] == {"2": {"id": "REQ-7", "note": "rights holder"}}
+    for bad in ('{"id": 7}', '{"ticket": "x"}', "not json"):
+        (books_dir / "time_step_2" / "request.json").write_text(bad)
+        with pytest.raises(PrepError, match="request.json"):
+            prepare_books(books_dir, tmp_path / "bad", max_words=40, **OPTS)
+        assert not (tmp_path / "bad").exists()

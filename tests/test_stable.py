@@ -59,7 +59,10 @@ def test_calibrated_step_records_its_alpha_and_is_deterministic(run_dir):
     entries = [run_step(r, 1, progress=False) for r in runs]
     cal = entries[0]["calibration"]
     assert cal == entries[1]["calibration"] and entries[0]["alpha"] == entries[1]["alpha"] == cal["alpha"]
-    assert cal["windows"] == 4 and cal["trials"][0][0] == 0.0 and cal["target"] == pytest.approx(
+    # the book's 6 windows split 3 / 3: calibration scores its 3 (of at most 4), never an audit window
+    split = entries[0]["split"][entries[0]["books"][0]]
+    assert cal["windows"] == len(split["calibration"]) == 3 and len(split["audit"]) == 3
+    assert cal["trials"][0][0] == 0.0 and cal["target"] == pytest.approx(
         0.5 * cal["score_at_0"], abs=1e-6)
     if cal["reached"]:
         chosen = [s for a, s in cal["trials"] if a == round(cal["alpha"], 6)]

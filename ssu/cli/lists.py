@@ -8,7 +8,8 @@ from ssu.cli.group import main
 from ssu.errors import SSUError
 
 KINDS = {"methods": "ssu.methods", "presets": "ssu.presets", "regularizers": "ssu.regularizers",
-         "metrics": "ssu.metrics", "eval-sets": "ssu.eval.sets", "model-metrics": "ssu.eval.model_metrics"}
+         "metrics": "ssu.metrics", "eval-sets": "ssu.eval.sets", "model-metrics": "ssu.eval.model_metrics",
+         "probes": "ssu.eval.probes"}
 
 
 def _list_kind(kind: str) -> None:

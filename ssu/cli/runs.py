@@ -1,4 +1,4 @@
-"""Commands on a run directory: ``init``, ``step``, ``stack``, ``compose``, ``eval``, ``report``."""
+"""Commands on a run directory: ``init``, ``step``, ``stack``, ``compose``, ``eval``, ``report``, ``audit``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from ssu.cli.group import main
 from ssu.errors import SSUError
 
 
-def _parse_alphas(items) -> dict[int, float]:
+def _parse_alphas(items, option: str = "--alpha") -> dict[int, float]:
     out = {}
     for item in items:
         step, _, value = item.partition("=")
         try:
             out[int(step)] = float(value)
         except ValueError:
-            raise SSUError(f"--alpha expects STEP=VALUE, got {item!r}") from None
+            raise SSUError(f"{option} expects STEP=VALUE, got {item!r}") from None
     return out
 
 
@@ -49,11 +49,13 @@ def init(run_dir, model, data, method, config_file, sets, overwrite):
 @click.argument("t", type=int)
 @click.option("--force", is_flag=True, help="Redo step T (drops T and every later step).")
 @click.option("--no-eval", is_flag=True, help="Skip the evaluation after the step.")
-def step(run_dir, t, force, no_eval):
+@click.option("--request-id", default=None, help="The takedown request this step serves (kept in the audit log).")
+@click.option("--note", default=None, help="A note on the request (kept in the audit log).")
+def step(run_dir, t, force, no_eval, request_id, note):
     """Perform time step T: unlearn the book(s) the schedule removes at T."""
     from ssu.recipes.step import run_step
 
-    entry = run_step(run_dir, t, force=force)
+    entry = run_step(run_dir, t, force=force, request_id=request_id, note=note)
     from ssu.engine.distributed import is_main_process, leave_process_group
 
     leave_process_group()  # the main process evaluates alone
@@ -82,12 +84,20 @@ def _maybe_eval(run_dir, t):
 @click.option("--rounding", type=click.Choice(["bfloat16", "float16", "none"]), default=None,
               help="Also show how much of each vector an export in this dtype keeps "
                    "(default: the run's dtype when it is half precision).")
-def stack(run_dir, rounding):
+@click.option("--reweight", "reweights", multiple=True, metavar="T=ALPHA",
+              help="Set step T's alpha in the stack from now on (0 undoes the step); recorded in the audit log, "
+                   "evaluation rows of steps >= T dropped.")
+@click.option("--note", default=None, help="Why (kept in the audit log with --reweight).")
+def stack(run_dir, rounding, reweights, note):
     """List the stack of vectors: step, books, alpha, norm, density, bytes."""
     from ssu.models.loading import DTYPES, resolve_device, resolve_dtype
-    from ssu.recipes.compose import composed_float32, stack_of
+    from ssu.recipes.compose import composed_float32, reweight, stack_of
     from ssu.recipes.run_dir import RunDir
 
+    for t, alpha in _parse_alphas(reweights, "--reweight").items():
+        ev = reweight(run_dir, t, alpha, note)
+        click.echo(f"step {t}: alpha {ev['previous_alpha']:g} -> {ev['alpha']:g} (log record {ev['seq']}); "
+                   f"re-run `ssu eval` for steps >= {t}")
     run = RunDir(run_dir)
     rows = stack_of(run).describe()
     if not rows:
@@ -141,18 +151,27 @@ def compose(run_dir, out_dir, upto, alphas, dtype, overwrite):
               help="lm-eval tasks to score, comma-separated (besides eval.lm_eval_tasks), e.g. mmlu.")
 @click.option("--lm-eval-include", type=click.Path(exists=True, file_okay=False), default=None,
               help="Directory of extra lm-eval task YAML files.")
-def eval_cmd(run_dir, t, metrics, lm_eval, lm_eval_include):
+@click.option("--probe", default=None, metavar="NAMES",
+              help="Probes to run besides eval.probes, comma-separated: shifted, sampled, quantized, rounded, "
+                   "relearn (`ssu list probes`).")
+def eval_cmd(run_dir, t, metrics, lm_eval, lm_eval_include, probe):
     """Evaluate the model after step T (0 = the memorized base): memorization, utility, privacy."""
     from ssu.recipes.evaluate import evaluate_step
 
     tasks = [x.strip() for x in lm_eval.split(",") if x.strip()] if lm_eval else None
     if lm_eval is not None and not tasks:
         raise SSUError("--lm-eval needs task names, e.g. --lm-eval mmlu,arc_easy")
+    probes = [x.strip() for x in probe.split(",") if x.strip()] if probe else None
+    if probe is not None and not probes:
+        raise SSUError("--probe needs probe names, e.g. --probe shifted,sampled (see `ssu list probes`)")
     rows = evaluate_step(run_dir, t, metrics=list(metrics) or None, lm_eval_tasks=tasks,
-                         lm_eval_include=lm_eval_include)
+                         lm_eval_include=lm_eval_include, probes=probes)
     click.echo(f"step {t}: {len(rows)} new result rows" if rows else f"step {t}: all results already computed")
     for r in rows:
-        if r["metric"].startswith("lm_eval:"):
+        if r["metric"].startswith("probe:"):
+            click.echo(f"  {r['metric']:<26} {r['set']:<16} {r['book']:<20} {r['value']:.3f} "
+                       f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] (n {r['n']})")
+        elif r["metric"].startswith("lm_eval:"):
             err = "" if r.get("stderr") is None else f" ± {r['stderr']:.4f}"
             click.echo(f"  {r['metric']}: {r['value']:.4f}{err} (n {r['n']})")
 
@@ -169,3 +188,33 @@ def report(run_dir, metric, no_plots):
     if not no_plots:
         for p in write_plots(run_dir, metric):
             click.echo(f"wrote {p}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--verify", is_flag=True, help="Re-hash every artifact; fail in one line naming what changed.")
+def audit(run_dir, verify):
+    """The takedown log: per request what was removed, from which model, by which change, with what
+    evidence; writes RUN_DIR/audit.json and RUN_DIR/audit.md."""
+    from ssu.recipes.audit import verify as verify_run
+    from ssu.recipes.audit import write_audit
+
+    if verify:
+        checked = verify_run(run_dir)
+        click.echo(f"verified {run_dir}: {checked['log_records']} log records, {checked['vectors']} vectors, "
+                   f"{checked['books']} removed books' data, {checked['base_model_files']} base model files "
+                   "unchanged")
+        return
+    json_path, md_path, record = write_audit(run_dir)
+    for r in record["requests"]:
+        req = (r["request"] or {}).get("id", "(no id)")
+        parts = []
+        for b in r["books"]:
+            m = r["memorization"][b]
+            parts.append(f"{b} {_value(m['before'])} -> {_value(m['after'])} (worst {_value(m['after_worst_case'])})")
+        click.echo(f"step {r['step']} [{req}] {r['utc'] or ''}: {'; '.join(parts)}; alpha {r['alpha_now']:g}")
+    click.echo(f"wrote {json_path} and {md_path}")
+
+
+def _value(v: dict | None) -> str:
+    return "-" if v is None else f"{v['value']:.2f}"

@@ -39,13 +39,21 @@ from ssu.recipes.step import run_step
 
 RETRAIN = "retrain"
 METRIC = "rougeL_f"
-# Columns of the table: key in a summary row, header, format.
+# Columns of the table: key in a summary row, header, format. Probe columns (worst case,
+# relearned) appear when some row has them (``eval.probes``).
+PROBE_COLUMNS = {"forget_worst", "forget_relearn", "relearn_gap", "earlier_worst", "heldout_worst", "user_forget"}
 COLUMNS = [
     ("forget", "forget ROUGE-L", "{:.3f}"),
+    ("forget_worst", "forget worst case", "{:.3f}"),
+    ("forget_relearn", "forget relearned", "{:.3f}"),
+    ("relearn_gap", "relearning gap to retrain", "{:+.3f}"),
+    ("user_forget", "user sets (forget)", "{:.3f}"),
     ("earlier", "earlier-forgotten ROUGE-L", "{:.3f}"),
+    ("earlier_worst", "earlier worst case", "{:.3f}"),
     ("future", "not-yet-removed ROUGE-L", "{:.3f}"),
     ("retained", "retained ROUGE-L", "{:.3f}"),
     ("heldout", "never-seen ROUGE-L", "{:.3f}"),
+    ("heldout_worst", "never-seen worst case", "{:.3f}"),
     ("heldout_ppl", "held-out ppl", "{:.2f}"),
     ("retained_ppl", "retained ppl", "{:.2f}"),
     ("mia_auc", "MIA AUC (loss)", "{:.3f}"),
@@ -172,10 +180,13 @@ def summarize_results(results: list[dict], step: int, goals: dict[str, str | Non
     unseen."""
     from ssu.eval.model_metrics.lm_eval import PREFIX
     from ssu.eval.model_metrics.mia import SET as MIA_SET
-    from ssu.eval.sets import set_goals
+    from ssu.eval.sets import ALL_WINDOWS, SETS, set_goals
 
     goals = goals if goals is not None else set_goals()
     keep = tuple(s for s, g in goals.items() if g == "keep")
+    # the user's own prompts for removed books (paraphrases, eval.extra_sets with goal forget):
+    # one more worst-case column beside the probes
+    user_forget = tuple(s for s, g in goals.items() if g == "forget" and s not in SETS and not s.endswith(ALL_WINDOWS))
     unseen = tuple(s for s, g in goals.items() if g == "unseen")
 
     def vals(metric: str, sets: tuple[str, ...]) -> list[float]:
@@ -184,8 +195,15 @@ def summarize_results(results: list[dict], step: int, goals: dict[str, str | Non
 
     whole = {r["metric"]: r["value"] for r in results if r["step"] == step and r["book"] == "*"
              and (r["metric"].startswith(PREFIX) or (r["metric"] == "mia_auc_loss" and r["set"] == MIA_SET))}
+    from ssu.eval.probes import WORST
+
     return {"forget": _mean(vals(METRIC, ("removed-now",))),
+            "forget_worst": _mean(vals(WORST, ("removed-now",))),
+            "forget_relearn": _mean(vals("probe:relearn", ("removed-now",))),
             "earlier": _mean(vals(METRIC, ("removed-earlier",))),
+            "earlier_worst": _mean(vals(WORST, ("removed-earlier",))),
+            "heldout_worst": _mean(vals(WORST, unseen)),
+            "user_forget": _mean(vals(METRIC, user_forget)),
             "future": _mean(vals(METRIC, ("future",))),
             "retained": _mean(vals(METRIC, tuple(k for k in keep if k != "future"))),
             "heldout": _mean(vals(METRIC, unseen)),  # text never trained on: the level removal aims at
@@ -238,6 +256,8 @@ def collect(cc: CompareConfig) -> dict[str, Any]:
     for r in rows:
         ref = refs.get(r["step"], {})
         r["gap_to_retrain"] = None if ref.get("forget") is None or r["forget"] is None else r["forget"] - ref["forget"]
+        r["relearn_gap"] = None if ref.get("forget_relearn") is None or r.get("forget_relearn") is None \
+            else r["forget_relearn"] - ref["forget_relearn"]
         r["priv_leak"] = priv_leak_vs_retrain(r.get("mia_auc"), ref.get("mia_auc"))
     return {"base": base or {}, "rows": rows}
 
@@ -247,7 +267,8 @@ def columns(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     from ssu.eval.model_metrics.lm_eval import PREFIX
 
     extra = sorted({k for r in summary["rows"] for k in r if k.startswith(PREFIX)})
-    return COLUMNS + [(k, k.removeprefix(PREFIX), "{:.3f}") for k in extra]
+    shown = [c for c in COLUMNS if c[0] not in PROBE_COLUMNS or any(r.get(c[0]) is not None for r in summary["rows"])]
+    return shown + [(k, k.removeprefix(PREFIX), "{:.3f}") for k in extra]
 
 
 def format_table(summary: dict[str, Any], books: dict[int, list[str]] | None = None) -> str:

@@ -26,6 +26,7 @@ and activations scale with it, so one budget fits short and long prompts alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -45,8 +46,9 @@ def greedy_generate(
     progress: bool = False,
     tokens_per_batch: int | None = None,
     cache: str = "auto",
+    sampling: Sampling | None = None,
 ) -> list[list[int]]:
-    """Greedy-decode a continuation for each tokenized prompt.
+    """Greedy-decode a continuation for each tokenized prompt (or sample one, with ``sampling``).
 
     Args:
         prompts: token ids per prompt (no padding).
@@ -58,6 +60,9 @@ def greedy_generate(
             tokens per batch; a prompt that alone exceeds it is decoded alone.
         cache: ``"auto"`` (static on a CPU, dynamic elsewhere; see the module
             docstring), ``"static"`` or ``"dynamic"``.
+        sampling: sample at this temperature and top-p instead of decoding greedily
+            (the extraction probe); draws follow torch's global generator, so the
+            caller seeds it. A prompt given k times gets k independent samples.
     Returns:
         the generated token ids per prompt (prompt excluded), in input order.
     """
@@ -92,7 +97,7 @@ def greedy_generate(
         budget = max(budgets[i] for i in batch)
         if budget <= 0:
             continue
-        cfg = _greedy_config(model, tokenizer, budget, cache)
+        cfg = _greedy_config(model, tokenizer, budget, cache, sampling)
         try:
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
         except ValueError:  # this architecture has no static cache: the default cache is as correct
@@ -147,11 +152,13 @@ def generate_continuations(
     max_length: int = 512,
     progress: bool = False,
     tokens_per_batch: int | None = None,
+    sampling: Sampling | None = None,
 ) -> list[str]:
     """Greedy continuation text for each window's prompt (memorization setting).
 
     The budget per window is the token length of its reference continuation, so a
     perfect memorizer reproduces the reference exactly. Only the prompt is given.
+    ``sampling``: sample instead (see :func:`greedy_generate`).
     """
     encoded = [encode_pair(tokenizer, w["prompt"], w["continuation"], max_length) for w in windows]
     tokens = greedy_generate(
@@ -162,20 +169,33 @@ def generate_continuations(
         batch_size=batch_size,
         progress=progress,
         tokens_per_batch=tokens_per_batch,
+        sampling=sampling,
     )
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
 
-def _greedy_config(model, tokenizer, budget: int, cache: str = "static"):
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding: ``temperature`` and nucleus ``top_p`` (1.0: the whole distribution)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+def _greedy_config(model, tokenizer, budget: int, cache: str = "static", sampling: Sampling | None = None):
     # A fresh config, so sampling knobs (temperature, top_p, repetition penalty)
-    # that a model ships in its generation_config cannot leak into greedy decoding.
+    # that a model ships in its generation_config cannot leak into greedy decoding;
+    # sampling, when asked, sets exactly temperature and top-p (top-k off).
     from transformers import GenerationConfig
+
+    knobs = {"do_sample": False} if sampling is None else \
+        {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
 
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
     return GenerationConfig(
-        do_sample=False,
+        **knobs,
         num_beams=1,
         max_new_tokens=budget,
         eos_token_id=eos,

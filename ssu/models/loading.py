@@ -120,3 +120,30 @@ def model_card(name_or_path: str) -> dict[str, Any]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def model_identity(name_or_path: str) -> dict[str, Any]:
+    """What the takedown record names as the base model: a local directory's files and their
+    sha256 (weights and config), or a hub id and the revision (commit) it resolved to --
+    from the local cache when the model is there, else one request to the hub."""
+    from ssu.io import sha256_file
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        files += [path / "config.json"] if (path / "config.json").is_file() else []
+        return {"kind": "local", "files": {f.name: sha256_file(f) for f in files}}
+    revision = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        if isinstance(cached, str):
+            revision = Path(cached).parent.name  # .../snapshots/<commit>/config.json
+        else:
+            from huggingface_hub import HfApi
+
+            revision = HfApi().model_info(name_or_path, timeout=10).sha
+    except Exception:  # noqa: BLE001 - offline after `ssu init` accepted it: recorded as unknown
+        revision = None
+    return {"kind": "hub", "id": name_or_path, "revision": revision}

@@ -10,6 +10,13 @@ brings it to the target: ``fraction`` × its score at θ_{t−1} (default) or an
 shows where that held. Everything is deterministic: the sample is drawn with the
 step's seed and decoding is greedy.
 
+Calibration apart from evaluation (:func:`audit_split`): a recipe must not be graded
+on the windows it tuned itself on, so each removed book's windows split, with the
+step's seed, into *calibration* windows -- the only ones calibration and early stop
+see -- and *audit* windows, on which evaluation reports the book. The split is
+recorded in the manifest; a book too short to split (fewer than ``MIN_SPLIT``
+windows) says so in one line, uses all its windows for both and is flagged.
+
 The α is applied exactly, in place (:class:`ssu.engine.alpha.AlphaView`: a LoRA step
 scales its adapter, a full fine-tune sets θ_{t−1} + α·v in its float32 weights), so
 calibration adds generation passes but no copy of the model. :class:`EarlyStop` uses the same
@@ -19,10 +26,42 @@ target to end a step's fine-tune at the first epoch whose vector already reaches
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Sequence
 
 from ssu.engine.alpha import AlphaView
 from ssu.eval.memorization import mean_rouge_l
+
+MIN_SPLIT = 4  # windows a book needs to be split (at least 2 calibration and 2 audit at a share of 1/2)
+
+
+def audit_split(windows: Sequence[dict], share: float, seed: int) -> dict[str, dict]:
+    """Per book: ``{"calibration": [window ids], "audit": [window ids], "short": bool}``.
+
+    A seeded ``share`` of each book's windows (at least one, at most all but one) is
+    for calibration; the rest is for evaluation. Books with fewer than ``MIN_SPLIT``
+    windows are not split: both lists hold every window and ``short`` is true.
+    """
+    by_book: dict[str, list[int]] = {}
+    for w in windows:
+        by_book.setdefault(w["book"], []).append(int(w["window"]))
+    out = {}
+    for book, ids in sorted(by_book.items()):
+        ids = sorted(ids)
+        if len(ids) < MIN_SPLIT:
+            print(f"note: book {book!r} has {len(ids)} windows, too few to keep calibration apart from "
+                  f"evaluation; calibration uses all of them (flagged in the manifest)", file=sys.stderr)
+            out[book] = {"calibration": ids, "audit": ids, "short": True}
+            continue
+        k = min(len(ids) - 1, max(1, round(share * len(ids))))
+        cal = sorted(random.Random(f"{seed}:{book}").sample(ids, k))
+        out[book] = {"calibration": cal, "audit": [i for i in ids if i not in set(cal)], "short": False}
+    return out
+
+
+def calibration_windows(windows: Sequence[dict], split: dict[str, dict]) -> list[dict]:
+    """The windows of ``split``'s calibration side."""
+    return [w for w in windows if int(w["window"]) in set(split[w["book"]]["calibration"])]
 
 
 def sample_windows(windows: Sequence[dict], n: int, seed: int) -> list[dict]:
@@ -70,18 +109,24 @@ def calibrate_alpha(score: Callable[[float], float], settings) -> dict:
     return {**record, "alpha": hi, "reached": True}
 
 
-def calibrate_step(model, vector, snapshot, fs, tokenizer, cfg, seed: int, sign: int = -1) -> dict:
+def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, sign: int = -1) -> dict:
     """Calibrate α for one step on the model the step trained, applying α exactly in place
-    (:class:`AlphaView`); the model is left at the chosen α."""
+    (:class:`AlphaView`); the model is left at the chosen α. ``windows``: the removed
+    books' calibration windows (:func:`audit_split`), of which a sample is scored."""
     view = AlphaView(model, vector, snapshot, sign)
-    windows = sample_windows(fs.windows, cfg.calibrate.windows, seed)
+    windows = sample_windows(windows, cfg.calibrate.windows, seed)
     model.eval()
 
     def score(a: float) -> float:
         view.apply(a)
         return rouge_l(model, tokenizer, windows, cfg.train.max_length)
 
-    return {**calibrate_alpha(score, cfg.calibrate), "windows": len(windows)}
+    return {**calibrate_alpha(score, cfg.calibrate), "windows": len(windows), "window_ids": _ids(windows)}
+
+
+def _ids(windows: Sequence[dict]) -> list[list]:
+    """[book, window] of each window scored, so the record shows calibration kept off the audit windows."""
+    return [[w["book"], int(w["window"])] for w in windows]
 
 
 class EarlyStop:
@@ -97,10 +142,10 @@ class EarlyStop:
     target needs. Every check is recorded.
     """
 
-    def __init__(self, model, snapshot, fs, tokenizer, cfg, seed: int, sign: int, vector_now):
+    def __init__(self, model, snapshot, windows, tokenizer, cfg, seed: int, sign: int, vector_now):
         self.model, self.snapshot, self.tokenizer, self.cfg, self.sign = model, snapshot, tokenizer, cfg, sign
         self.vector_now = vector_now
-        self.windows = sample_windows(fs.windows, cfg.calibrate.windows, seed)
+        self.windows = sample_windows(windows, cfg.calibrate.windows, seed)
         self.alpha = cfg.calibrate.alpha_max if cfg.calibrate.enabled else cfg.alpha
         self.checks: list[list[float]] = []
         self.target = self.start = None
@@ -131,4 +176,4 @@ class EarlyStop:
     def record(self) -> dict:
         return {"alpha_tested": self.alpha, "target": None if self.target is None else round(self.target, 6),
                 "score_at_0": None if self.start is None else round(self.start, 6), "checks": self.checks,
-                "stopped_at_epoch": self.stopped_at, "windows": len(self.windows)}
+                "stopped_at_epoch": self.stopped_at, "windows": len(self.windows), "window_ids": _ids(self.windows)}

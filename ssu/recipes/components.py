@@ -2,7 +2,7 @@
 
 ``ssu/config.py`` knows the shape of a run config but no registry; this is where a
 config's names meet them. :func:`resolve` checks every name (method, regularizers,
-text metrics, evaluation sets, model metrics) and fills each block's ``args`` with the
+text metrics, evaluation sets, model metrics, probes) and fills each block's ``args`` with the
 component's own ``Args`` dataclass -- defaults included, so the stored config names
 every parameter the run used. The ``build_*`` functions make the objects a step or an
 evaluation runs.
@@ -15,7 +15,8 @@ from typing import Any
 from ssu.config import ComponentSpec, RunConfig, as_dict, build
 from ssu.errors import SSUError
 from ssu.eval.model_metrics import MODEL_METRICS, ModelMetric
-from ssu.eval.sets import check_config
+from ssu.eval.probes import PROBES, Probe
+from ssu.eval.sets import check_config, get_eval_set
 from ssu.methods import METHODS, UnlearningMethod
 from ssu.metrics import METRICS
 from ssu.regularizers import REGULARIZERS, Regularizer
@@ -26,21 +27,29 @@ def _typed_args(registry, spec: ComponentSpec) -> Any:
     return build(getattr(cls, "Args", None), spec.args, where=f"{registry.kind} {spec.name}")
 
 
-def _filled(registry, spec: ComponentSpec) -> ComponentSpec:
+def filled(registry, spec: ComponentSpec) -> ComponentSpec:
     return ComponentSpec(spec.name, as_dict(_typed_args(registry, spec)))
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Check every component name of ``cfg`` and fill its args (in place); return ``cfg``."""
-    cfg.method = _filled(METHODS, cfg.method)
-    cfg.regularizers = [_filled(REGULARIZERS, r) for r in cfg.regularizers]
+    cfg.method = filled(METHODS, cfg.method)
+    cfg.regularizers = [filled(REGULARIZERS, r) for r in cfg.regularizers]
     for name in cfg.eval.metrics:
         METRICS.get(name)
     names = [m.name for m in cfg.eval.model_metrics]
     if len(set(names)) != len(names):
         raise SSUError(f"eval.model_metrics: each may appear once, got {names}")
-    cfg.eval.model_metrics = [_filled(MODEL_METRICS, m) for m in cfg.eval.model_metrics]
+    cfg.eval.model_metrics = [filled(MODEL_METRICS, m) for m in cfg.eval.model_metrics]
+    names = [p.name for p in cfg.eval.probes]
+    if len(set(names)) != len(names):
+        raise SSUError(f"eval.probes: each may appear once, got {names}")
+    cfg.eval.probes = [filled(PROBES, p) for p in cfg.eval.probes]
     check_config(cfg)
+    for name in cfg.eval.probe_sets:
+        get_eval_set(name, cfg)
+        if name not in list(cfg.eval.sets) + list(cfg.eval.extra_sets):
+            raise SSUError(f"eval.probe_sets: {name!r} is not evaluated (not in eval.sets or eval.extra_sets)")
     return cfg
 
 
@@ -55,6 +64,10 @@ def build_regularizers(cfg: RunConfig, sign: int) -> list[Regularizer]:
 
 def build_model_metrics(specs: list[ComponentSpec]) -> list[ModelMetric]:
     return [MODEL_METRICS.get(s.name)(_typed_args(MODEL_METRICS, s)) for s in specs]
+
+
+def build_probes(specs: list[ComponentSpec]) -> list[Probe]:
+    return [PROBES.get(s.name)(_typed_args(PROBES, s)) for s in specs]
 
 
 def method_label(cfg: RunConfig) -> str:

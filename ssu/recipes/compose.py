@@ -25,13 +25,47 @@ from ssu.vectors.stack import StackEntry, VectorStack
 
 
 def stack_of(run: RunDir) -> VectorStack:
-    """The completed steps' vectors, in step order."""
+    """The completed steps' vectors, in step order, each at its α as the stack applies it
+    now (recorded by the step, or set since by ``ssu stack --reweight``)."""
     steps = run.manifest["steps"]
+    alphas = run.effective_alphas()
     entries = [
-        StackEntry(step=int(s), path=run.vector_path(int(s)), alpha=e["alpha"], metadata=e)
+        StackEntry(step=int(s), path=run.vector_path(int(s)), alpha=alphas[int(s)], metadata=e)
         for s, e in sorted(steps.items(), key=lambda kv: int(kv[0]))
     ]
     return VectorStack(entries)
+
+
+def reweight(run_dir, step: int, alpha: float, note: str | None = None) -> dict:
+    """Set step ``step``'s α in the stack (0 undoes the step) and record it in the log.
+
+    Every later model changes with it, so the evaluation rows and generations of steps
+    >= ``step`` are dropped (re-run ``ssu eval``); the vectors stay as they are.
+    """
+    import math
+    from datetime import datetime, timezone
+
+    from ssu.io import atomic_write_jsonl, read_jsonl
+    from ssu.recipes.run_dir import RESULTS
+
+    run = RunDir(run_dir)
+    alphas = run.effective_alphas()
+    if step not in alphas:
+        raise SSUError(f"step {step} is not complete in {run.path}")
+    if not math.isfinite(alpha):
+        raise SSUError(f"alpha must be finite, got {alpha}")
+    event = {"kind": "reweight", "step": step, "alpha": float(alpha), "previous_alpha": alphas[step],
+             "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # α = 0: the step undone
+    if note:
+        event["note"] = note
+    results = run.path / RESULTS
+    if results.is_file():
+        atomic_write_jsonl(results, [r for r in read_jsonl(results) if r["step"] < step])
+    for t in alphas:
+        if t >= step:
+            for name in ("generations.jsonl", "probes.jsonl"):
+                (run.step_dir(t) / name).unlink(missing_ok=True)
+    return run.record_event(event)
 
 
 def _verified_stack(run: RunDir, upto: int | None) -> VectorStack:

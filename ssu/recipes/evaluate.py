@@ -11,6 +11,11 @@ without regenerating, and a set added later generates only its own windows. Then
 lm-eval tasks) run on the model itself. One row per (step, book, set, metric) goes to
 ``results.jsonl``, with its n and a 95 % confidence interval; rows already there are
 not recomputed. Step 0 is the base (memorized) model.
+
+A removed book whose step tuned α on some of its windows is graded on the others,
+its *audit* windows (set ``removed-now``), and reported on all of them as well
+(``removed-now:all``). The run's probes (``eval.probes``) run last
+(``ssu/recipes/probe.py``).
 """
 
 from __future__ import annotations
@@ -18,44 +23,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssu.config import ComponentSpec, RunConfig
-from ssu.errors import SSUError
 from ssu.eval.generation import generate_continuations
 from ssu.eval.model_metrics import ModelContext
-from ssu.eval.sets import SetContext, select_windows, set_goals
+from ssu.eval.sets import ALL_WINDOWS, set_goals
 from ssu.io import atomic_write_jsonl, read_jsonl
 from ssu.metrics import aggregate, get_metric
 from ssu.recipes.components import build_model_metrics
-from ssu.recipes.compose import load_composed
+from ssu.recipes.eval_windows import GENERATIONS, evaluation_windows, load_model_for, window_key
+from ssu.recipes.probe import probe_specs, probe_step
 from ssu.recipes.run_dir import RESULTS, RunDir
-
-GENERATIONS = "generations.jsonl"
 
 
 def _key(r: dict) -> tuple:
     return (r["step"], r["book"], r["set"], r["metric"])
-
-
-def _window_key(w: dict) -> tuple:
-    return (w["set"], w["book"], w["window"])
-
-
-def _load_model_for(run: RunDir, step: int, base_only: bool = False):
-    if base_only:
-        return load_composed(run, upto=0)
-    if step != 0 and step not in run.completed_steps():
-        raise SSUError(f"step {step} is not complete in {run.path}; run `ssu step {run.path} {step}` first")
-    return load_composed(run, upto=step)
-
-
-def evaluation_windows(cfg: RunConfig, step: int) -> list[dict]:
-    """Windows to score after ``step``, each tagged with its set (the prepared data and the
-    schedule read here, the selection made by ``ssu.eval.sets``)."""
-    from data_prep import load_schedule, read_window_rows
-
-    schedule = load_schedule(cfg.data)
-    ctx = SetContext(step, read_window_rows(cfg.data),
-                     {b: s for s, books in schedule["steps"].items() for b in books}, cfg)
-    return select_windows(cfg, ctx)
 
 
 def model_metric_specs(cfg: RunConfig, lm_eval_tasks: list[str] | None = None,
@@ -74,14 +54,24 @@ def model_metric_specs(cfg: RunConfig, lm_eval_tasks: list[str] | None = None,
 
 def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
                   metrics: list[str] | None = None, base_only: bool = False,
-                  lm_eval_tasks: list[str] | None = None, lm_eval_include: str | None = None) -> list[dict]:
+                  lm_eval_tasks: list[str] | None = None, lm_eval_include: str | None = None,
+                  probes: list[str] | None = None) -> list[dict]:
     """Evaluate the model after ``step``; return the new results rows.
 
     ``metrics``: text metrics instead of ``eval.metrics``. ``lm_eval_tasks`` /
-    ``lm_eval_include``: lm-eval tasks to run now besides the config's.
+    ``lm_eval_include``: lm-eval tasks to run now besides the config's. ``probes``:
+    probes to run now besides ``eval.probes`` (``ssu/recipes/probe.py``), after the metrics.
     ``base_only``: score the run's base model itself as the state after ``step``, with
     no stack applied -- for a reference such as a model retrained without those books.
     """
+    specs = probe_specs(RunDir(run_dir).config, probes)  # an unknown probe fails before any work
+    new = _evaluate_metrics(run_dir, step, progress, metrics, base_only, lm_eval_tasks, lm_eval_include)
+    if specs:
+        new += probe_step(run_dir, step, specs, progress=progress, base_only=base_only)
+    return new
+
+
+def _evaluate_metrics(run_dir, step, progress, metrics, base_only, lm_eval_tasks, lm_eval_include) -> list[dict]:
     from ssu.models.loading import load_tokenizer
 
     run = RunDir(run_dir)
@@ -94,12 +84,12 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
     results_path = run.path / RESULTS
     results = read_jsonl(results_path)
     have = {_key(r) for r in results}
-    windows = evaluation_windows(cfg, step)
+    windows = evaluation_windows(run, step)
     books = sorted({(w["book"], w["set"]) for w in windows})
     todo_text = [n for n in names if any((step, b, s, n) not in have for b, s in books)]
 
     def load():
-        return _load_model_for(run, step, base_only), load_tokenizer(cfg.model, cfg.trust_remote_code)
+        return load_model_for(run, step, base_only), load_tokenizer(cfg.model, cfg.trust_remote_code)
 
     ctx = ModelContext(config=cfg, step=step, windows=windows, have=have, goals=set_goals(cfg), load=load)
     todo_model = [m for m in model_metrics if m.missing(ctx)]
@@ -107,8 +97,8 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
         return []
 
     generations = read_jsonl(gen_path)
-    done = {_window_key(g) for g in generations}
-    pending = [w for w in windows if _window_key(w) not in done]
+    done = {window_key(g) for g in generations}
+    pending = [w for w in windows if window_key(w) not in done]
     if todo_text and pending:
         model, tokenizer = ctx.model, ctx.tokenizer
         outputs = generate_continuations(model, tokenizer, pending, batch_size=cfg.eval.batch_size,
@@ -121,17 +111,22 @@ def evaluate_step(run_dir: str | Path, step: int, progress: bool = True,
         atomic_write_jsonl(gen_path, generations)
 
     new: list[dict] = []
-    wanted = {_window_key(w) for w in windows}
+    wanted = {window_key(w) for w in windows}
     by_book: dict[tuple[str, str], list[dict]] = {}
     for g in generations:
-        if _window_key(g) in wanted:
+        if window_key(g) in wanted:
             by_book.setdefault((g["book"], g["set"]), []).append(g)
+    audit = {window_key(w): w.get("audit", True) for w in windows}
     for name in todo_text:
         m = metric_objs[name]
         for (book, set_), gs in sorted(by_book.items()):
-            if (step, book, set_, name) not in have:
-                values = [m.fn(g["output"], g["reference"]) for g in gs]
-                new.append(_row(step, book, set_, name, values, cfg.seed))
+            # a removed book is graded on its audit windows; with them the tuned ones, as <set>:all
+            graded = [g for g in gs if audit[window_key(g)]]
+            parts = {set_: graded} if len(graded) == len(gs) else {set_: graded, set_ + ALL_WINDOWS: gs}
+            for name_of_set, part in parts.items():
+                if (step, book, name_of_set, name) not in have:
+                    values = [m.fn(g["output"], g["reference"]) for g in part]
+                    new.append(_row(step, book, name_of_set, name, values, cfg.seed))
     for m in todo_model:
         new.extend(r for r in m.compute(ctx) if _key(r) not in have)
     atomic_write_jsonl(results_path, results + new)

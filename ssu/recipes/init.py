@@ -17,7 +17,7 @@ from typing import Any
 from ssu.config import RunConfig, environment, load, merge
 from ssu.errors import SSUError
 from ssu.io import atomic_dir, atomic_write_json
-from ssu.models.loading import check_model, model_card, resolve_device
+from ssu.models.loading import check_model, model_card, model_identity, resolve_device
 from ssu.presets import PRESETS
 from ssu.recipes.components import resolve
 from ssu.recipes.migrate import FORMAT
@@ -94,6 +94,7 @@ def init_run(run_dir: str | Path, overrides: dict[str, Any] | None = None, overw
         "config": cfg.to_dict(),
         "environment": environment(),
         "base_model_sha256": model_fingerprint(cfg.model),
+        "base_model": model_identity(cfg.model),  # per file, or hub id and revision (ssu audit)
         "data": cfg.data,
         "device_defaults": chosen,
     }

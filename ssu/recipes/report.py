@@ -16,7 +16,8 @@ import numpy as np
 
 from ssu.errors import SSUError
 from ssu.eval.model_metrics import higher_is_better, is_model_metric
-from ssu.eval.sets import SETS, set_goals
+from ssu.eval.probes import WORST
+from ssu.eval.sets import ALL_WINDOWS, SETS, set_goals
 from ssu.io import write_figure as save_figure
 from ssu.recipes.evaluate import load_results
 from ssu.recipes.run_dir import RunDir
@@ -40,7 +41,8 @@ def _arrow(metric: str, row: dict | None = None) -> str:
 
 def book_matrix(rows: list[dict], metric: str) -> tuple[list[int], list[str], dict[tuple[str, int], float]]:
     """(steps, books, {(book, step): value}) for one metric."""
-    cells = {(r["book"], r["step"]): r["value"] for r in rows if r["metric"] == metric and r["book"] != "*"}
+    cells = {(r["book"], r["step"]): r["value"] for r in rows
+             if r["metric"] == metric and r["book"] != "*" and not r["set"].endswith(ALL_WINDOWS)}
     if not cells:
         known = sorted({r["metric"] for r in rows})
         raise SSUError(f"no results for metric {metric!r}; available: {', '.join(known) or 'none'}")
@@ -79,7 +81,7 @@ def format_matrix(run_dir: str | Path, metric: str = "rougeL_f") -> str:
             mark = "*" if b in step_of and step_of[b] <= s else " "
             cellstr += f"{'-':>10}" if v is None else f"{v:>9.3f}{mark}"
         lines.append(f"{label:<{width}}{cellstr}")
-    lines.append("")
+    lines += [""] + probe_lines(rows, step_of, width, steps)
     lines.append(f"{'utility, privacy (↑/↓: higher/lower is better)':<{width}}"
                  + "".join(f"{'step ' + str(s):>14}" for s in steps))
     errors = utility_stderr(rows)
@@ -89,6 +91,43 @@ def format_matrix(run_dir: str | Path, metric: str = "rougeL_f") -> str:
             f"{'-':>14}" if s not in values else f"{values[s]:>8.3f}±{err[s]:<5.3f}" if s in err
             else f"{values[s]:>14.4g}" for s in steps))
     return "\n".join(lines)
+
+
+def probe_cells(rows: list[dict]) -> dict[tuple[str, int], dict[str, float]]:
+    """{(book, step): {"greedy", "worst", "relearn"}} for every book a probe ran on (removed and held-out)."""
+    probed = {(r["book"], r["step"], r["set"]) for r in rows if r["metric"] == WORST}
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for r in rows:
+        key = (r["book"], r["step"], r["set"])
+        if key in probed:
+            name = {"rougeL_f": "greedy", WORST: "worst", "probe:relearn": "relearn"}.get(r["metric"])
+            if name:
+                out.setdefault((r["book"], r["step"]), {})[name] = r["value"]
+    return out
+
+
+def probe_lines(rows: list[dict], step_of: dict[str, int], width: int, steps: list[int]) -> list[str]:
+    """Greedy beside worst case (and relearned) per probed book and step; nothing if no probe ran."""
+    cells = probe_cells(rows)
+    if not cells:
+        return []
+    covers = sorted({m.removeprefix("probe:") for r in rows if r["metric"] == WORST for m in r.get("covers", [])})
+    relearn = any("relearn" in c for c in cells.values())
+    fmt = "greedy/worst" + ("/relearn" if relearn else "")
+    lines = [f"rougeL_f {fmt} (worst: per window the max over {', '.join(covers)})",
+             f"{'book':<{width}}" + "".join(f"{'step ' + str(s):>16}" for s in steps)]
+    for b in _order_books(sorted({b for b, _ in cells}), step_of, {}):
+        label = f"{b} (step {step_of[b]})" if b in step_of else f"{b} (never seen)"
+        vals = []
+        for s in steps:
+            c = cells.get((b, s))
+            if c is None:
+                vals.append(f"{'-':>16}")
+                continue
+            parts = [c.get("greedy"), c.get("worst")] + ([c.get("relearn")] if relearn else [])
+            vals.append(f"{'/'.join('-' if v is None else f'{v:.2f}' for v in parts):>16}")
+        lines.append(f"{label:<{width}}" + "".join(vals))
+    return lines + [""]
 
 
 def utility_by_step(rows: list[dict], goals: dict[str, str | None] | None = None) -> dict[str, dict[int, float]]:
@@ -127,7 +166,7 @@ def group_means(rows: list[dict], metric: str,
     goals = goals if goals is not None else set_goals()
     acc: dict[int, dict[str, list[float]]] = {}
     for r in rows:
-        if r["metric"] != metric or r["book"] == "*":
+        if r["metric"] != metric or r["book"] == "*" or r["set"].endswith(ALL_WINDOWS):
             continue
         goal = goals.get(r["set"])
         group = "removed" if goal == "forget" else "retained" if goal == "keep" else None

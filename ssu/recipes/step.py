@@ -21,6 +21,7 @@ import copy
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from ssu.errors import SSUError
 from ssu.io import atomic_dir, atomic_write_json, sha256_file
 from ssu.methods import UnlearningMethod
 from ssu.models.loading import load_tokenizer, resolve_device, resolve_dtype
-from ssu.recipes.calibrate import EarlyStop, calibrate_step
+from ssu.recipes.calibrate import EarlyStop, audit_split, calibrate_step, calibration_windows
 from ssu.recipes.components import build_method, build_regularizers, method_label
 from ssu.recipes.compose import load_composed
 from ssu.recipes.run_dir import VECTOR, RunDir
@@ -57,14 +58,23 @@ class StepSetup:
     regularizers: list[Regularizer]
     fs: ForgetSet
     reference: Any = None
+    # the removed books' windows apart for calibration (``audit_split``), when the step tunes on any
+    split: dict[str, dict] | None = None
+    calibration_windows: list[dict] = field(default_factory=list)
+    request: dict | None = None  # the takedown request this step serves: {"id", "note"}
     early: EarlyStop | None = None
     seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
 
 def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool = True,
-             on_step: StepHook | None = None) -> dict | None:
-    """Perform time step ``step``; return its manifest entry (None if already complete)."""
+             on_step: StepHook | None = None, request_id: str | None = None,
+             note: str | None = None) -> dict | None:
+    """Perform time step ``step``; return its manifest entry (None if already complete).
+
+    ``request_id`` / ``note``: the takedown request the step serves, recorded in the
+    manifest (over the one the prepared data's schedule names for the step, if any).
+    """
     run = RunDir(run_dir)
     procs = Processes(resolve_device(run.config.device))  # one process, or its place under `accelerate launch`
     if step in run.completed_steps():
@@ -75,6 +85,7 @@ def run_step(run_dir: str | Path, step: int, force: bool = False, progress: bool
         procs.barrier()
     run.check_ready(step)
     setup = set_up(run, step, procs)
+    setup.request = takedown_request(run.config.data, step, request_id, note)
     result = finetune(setup.model, setup.method, setup.fs, setup.cfg.train,
                       Hooks(on_step=on_step, on_epoch=setup.early, progress=progress),
                       reference=setup.reference, procs=procs)
@@ -126,6 +137,8 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
         raise SSUError(f"regularizer {names} is not supported under FSDP (it keeps per-weight state); use DDP")
     seed_everything(cfg.seed + step, cfg.deterministic)
     started = time.perf_counter()
+    if procs.is_main:
+        run.verify_chain()  # a step is recorded only on top of an intact record
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_composed(run, upto=step - 1, device=dev)
@@ -154,9 +167,12 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     setup = StepSetup(run=run, cfg=cfg, step=step, procs=procs, tokenizer=tokenizer, model=model,
                       snapshot=snapshot, method=method, regularizers=regularizers, fs=fs, reference=reference,
                       started=started)
+    if cfg.calibrate.enabled or cfg.calibrate.early_stop:  # tuned on the book: keep audit windows apart
+        setup.split = audit_split(windows, cfg.calibrate.share, cfg.seed + step)
+        setup.calibration_windows = calibration_windows(windows, setup.split)
     if cfg.calibrate.early_stop:
-        setup.early = EarlyStop(model, snapshot, fs, tokenizer, cfg, cfg.seed + step, method.sign,
-                                lambda: step_vector(setup, model, setup.snapshot))
+        setup.early = EarlyStop(model, snapshot, setup.calibration_windows, tokenizer, cfg, cfg.seed + step,
+                                method.sign, lambda: step_vector(setup, model, setup.snapshot))
     setup.seconds = time.perf_counter() - started
     return setup
 
@@ -236,7 +252,7 @@ def _calibrated(setup: StepSetup, trained, vector) -> tuple[float, dict | None]:
     cfg = setup.cfg
     if not (setup.procs.is_main and cfg.calibrate.enabled):
         return cfg.alpha, None
-    calibration = calibrate_step(trained, vector, setup.snapshot, setup.fs, setup.tokenizer, cfg,
+    calibration = calibrate_step(trained, vector, setup.snapshot, setup.calibration_windows, setup.tokenizer, cfg,
                                  cfg.seed + setup.step, setup.method.sign)
     return calibration["alpha"], calibration
 
@@ -274,6 +290,7 @@ def save(setup: StepSetup, result: FinetuneResult, vector, alpha: float, calibra
                     "total_seconds": round(time.perf_counter() - setup.started, 3)},
         "final_loss": result.losses[-1] if result.losses else None,
     }
+    entry.update(evidence(setup, alpha, calibration))
     if setup.regularizers:
         entry["regularizers"] = {r.name: r.record() for r in setup.regularizers}
     if calibration is not None:
@@ -282,6 +299,39 @@ def save(setup: StepSetup, result: FinetuneResult, vector, alpha: float, calibra
         entry["early_stop"] = {**setup.early.record(), "epochs_run": setup.early.stopped_at or cfg.train.epochs}
     run.record_step(step, entry)  # last: the step now counts as complete
     return entry
+
+
+def takedown_request(data: str, step: int, request_id: str | None, note: str | None) -> dict | None:
+    """The request a step serves: the command line's, over the one the schedule names."""
+    from data_prep import load_schedule
+
+    given = dict(load_schedule(data).get("requests", {}).get(str(step), {}))
+    if request_id is not None:
+        given["id"] = request_id
+    if note is not None:
+        given["note"] = note
+    return given or None
+
+
+def evidence(setup: StepSetup, alpha: float, calibration: dict | None) -> dict:
+    """What the audit record needs of a step (``ssu audit``): the request, the time, what
+    exactly was removed (hashes of each book's text and prepared windows), how α was
+    chosen, the config's digest and the windows kept apart from calibration."""
+    from data_prep import book_digests
+
+    run, cfg = setup.run, setup.cfg
+    digests = book_digests(cfg.data, setup.fs.books)
+    out = {
+        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "removed": {b: digests[b] for b in setup.fs.books},
+        "alpha_source": "calibrated" if calibration is not None else "config",
+        "config_sha256": run.config_digest(),
+    }
+    if setup.request:
+        out["request"] = setup.request
+    if setup.split is not None:
+        out["split"] = setup.split
+    return out
 
 
 def _precision(model) -> dict[str, str]:

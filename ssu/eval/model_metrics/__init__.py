@@ -95,6 +95,8 @@ def higher_is_better(metric: str, row: dict | None = None) -> bool | None:
     for m in MODEL_METRICS:
         if metric in m.outputs:
             return m.outputs[metric]
+    if metric.startswith("probe:"):  # ROUGE-L or extraction under a probe (ssu.eval.probes)
+        return True
     return None if row is None else row.get("higher_is_better")
 
 

@@ -12,19 +12,21 @@ the membership-inference metric read instead of hard-coded names:
 - ``None``: scored and reported, counted in no group (a user set's default).
 
 Windows carry ``book, window, prompt, continuation`` and get ``set`` added; a book
-belongs to one set at a given step.
+belongs to one set at a given step. Windows of a ``forget`` set also get ``audit``:
+false for the windows its step tuned α on (``SetContext.audit``), which evaluation
+keeps out of the set's rows and reports again, with them, as ``<set>:all``.
 """
 
 from __future__ import annotations
 
 import random
 
-from ssu.eval.sets.base import GOALS, EvalSet, SetContext
+from ssu.eval.sets.base import ALL_WINDOWS, GOALS, EvalSet, SetContext
 from ssu.eval.sets.user import check_spec, user_set
 from ssu.registry import Registry, UnknownNameError, import_builtins, unknown_message
 
-__all__ = ["GOALS", "SETS", "EvalSet", "SetContext", "configured_sets", "get_eval_set", "register_eval_set",
-           "select_windows", "set_goals"]
+__all__ = ["ALL_WINDOWS", "GOALS", "SETS", "EvalSet", "SetContext", "configured_sets", "get_eval_set",
+           "register_eval_set", "select_windows", "set_goals"]
 
 SETS: Registry[EvalSet] = Registry("evaluation set", "eval-sets")
 
@@ -63,6 +65,7 @@ def set_goals(config=None) -> dict[str, str | None]:
     goals = {s.name: s.goal for s in SETS}
     if config is not None:
         goals.update({n: get_eval_set(n, config).goal for n in config.eval.extra_sets})
+    goals.update({n + ALL_WINDOWS: g for n, g in list(goals.items()) if g == "forget"})
     return goals
 
 
@@ -87,7 +90,10 @@ def select_windows(config, ctx: SetContext) -> list[dict]:
     by_book: dict[tuple[str, str], list[dict]] = {}
     for s in configured_sets(config):
         for w in s.select(ctx):
-            by_book.setdefault((s.name, w["book"]), []).append({**w, "set": s.name})
+            tagged = {**w, "set": s.name}
+            if s.goal == "forget":
+                tagged["audit"] = w["book"] not in ctx.audit or w["window"] in ctx.audit[w["book"]]
+            by_book.setdefault((s.name, w["book"]), []).append(tagged)
     rng = random.Random(config.seed)
     out = []
     # Books in the prepared file's order, each sampled in turn: the same seed keeps

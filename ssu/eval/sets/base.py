@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 GOALS = ("forget", "keep", "unseen", None)
+ALL_WINDOWS = ":all"  # suffix of a removed set's rows over all its windows (audit and calibration)
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class SetContext:
     windows: list[dict]  # every window of the prepared directory (book, role, step, window, ...)
     step_of: dict[str, int]  # book -> the step that removes it
     config: Any  # the run's RunConfig
+    # book -> its audit windows, for books whose step kept windows apart from calibration
+    audit: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,123 @@
+"""``relearn``: a few optimizer steps on a slice of the removed book, then the rest of it.
+
+A book that is truly gone has to be learned again from what the attacker holds; a
+book that is only hidden comes back after a handful of steps on a little of it (Hu et
+al., ICLR 2025; Łucki et al. 2024). Per removed book (sets with goal ``forget``), a
+seeded ``fraction`` of its probed windows is the attacker's slice; the model is
+fine-tuned on every book's slice together for ``steps`` AdamW steps (the learning loss
+on continuation tokens), then each window *not* in a slice is continued greedily.
+With ``data`` (a JSON lines file of ``prompt``/``continuation`` windows) it learns that
+related text instead and every window is measured. Held-out windows are measured too:
+their rise is what relearning does to text the model never saw.
+
+Read beside the retrain reference (a model that never saw the book, probed the same
+way), the difference is the *relearning gap*; ``ssu compare`` reports it. The value is
+the relearned model's ROUGE-L (``probe:relearn``); it is not part of the worst case,
+which is about the model as released.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ssu.errors import SSUError
+from ssu.eval.probes import PROBES, Probe, ProbeContext, Score
+from ssu.eval.probes.quantized import _greedy_scores
+
+
+def attacker_slice(windows: list[dict], fraction: float, seed: int) -> set[tuple[str, str, int]]:
+    """(set, book, window) of the windows each removed book lends the attacker: a seeded
+    ``fraction`` of its windows (at least one), none of a book with a single window."""
+    by_book: dict[tuple[str, str], list[dict]] = {}
+    for w in windows:
+        if w.get("goal") == "forget":
+            by_book.setdefault((w["set"], w["book"]), []).append(w)
+    chosen = set()
+    for (set_, book), ws in sorted(by_book.items()):
+        if len(ws) < 2:
+            continue
+        k = min(len(ws) - 1, max(1, math.ceil(fraction * len(ws))))
+        for w in random.Random(f"{seed}:{book}").sample(ws, k):
+            chosen.add((set_, book, w["window"]))
+    return chosen
+
+
+def _read_windows(path: str) -> list[dict]:
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise SSUError(f"relearn.data: {path} does not exist")
+    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows or not all(isinstance(r, dict) and "prompt" in r and "continuation" in r for r in rows):
+        raise SSUError(f"relearn.data: {path} needs JSON lines with prompt and continuation")
+    return rows
+
+
+def relearn(model, tokenizer, windows: list[dict], *, steps: int, lr: float, batch_size: int, max_length: int,
+            seed: int) -> list[float]:
+    """Fine-tune ``model`` in place on ``windows`` (continuation tokens) for ``steps`` steps; the losses."""
+    import torch.nn.functional as F
+
+    from ssu.engine.encoding import IGNORE_INDEX, collate, encode_pair
+
+    encoded = [encode_pair(tokenizer, w["prompt"], w["continuation"], max_length) for w in windows]
+    rng = random.Random(seed)
+    params = list(model.parameters())
+    model.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    model.train()
+    losses, order = [], []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(encoded)), len(encoded))
+        batch, order = order[:batch_size], order[batch_size:]
+        b = collate([encoded[i].ids for i in batch], [encoded[i].n_prompt for i in batch], tokenizer.pad_token_id)
+        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+        labels = b["labels"].to(device)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 6))
+    model.eval()
+    model.requires_grad_(False)
+    return losses
+
+
+@PROBES.register("relearn", outputs={"probe:relearn": False}, needs_fresh_model=True,
+                 description="a few steps of fine-tuning on a slice of the removed book, then the rest of it")
+class Relearn(Probe):
+    @dataclass
+    class Args:
+        fraction: float = 0.25  # of each removed book's probed windows given to the attacker
+        steps: int = 10
+        lr: float = 1e-4
+        batch_size: int = 4
+        data: str | None = None  # JSON lines of related windows to learn instead of the slice
+
+        def __post_init__(self) -> None:
+            if not 0 < self.fraction < 1 or self.steps < 1 or self.lr <= 0 or self.batch_size < 1:
+                raise SSUError("relearn: fraction in (0, 1), steps >= 1, lr > 0, batch_size >= 1")
+
+    def scores(self, model, tokenizer, ctx: ProbeContext) -> list[Score]:
+        a = self.args
+        if a.data:
+            train, measured = _read_windows(a.data), ctx.windows
+        else:
+            taken = attacker_slice(ctx.windows, a.fraction, ctx.seed)
+            train = [w for w in ctx.windows if (w["set"], w["book"], w["window"]) in taken]
+            measured = [w for w in ctx.windows if (w["set"], w["book"], w["window"]) not in taken]
+        if not train:
+            return []  # nothing removed to relearn from (step with no forget window probed)
+        losses = relearn(model, tokenizer, train, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
+                         max_length=ctx.config.train.max_length, seed=ctx.seed)
+        sub = ProbeContext(ctx.config, ctx.step, measured, ctx.seed, ctx.progress, ctx.load)
+        return _greedy_scores(model, tokenizer, sub, "probe:relearn",
+                              {"relearned_windows": len(train), "final_loss": losses[-1]})

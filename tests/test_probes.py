@@ -1,0 +1,141 @@
+"""Probes move the expected way on the memorized tiny model: the worst case is at or above greedy,
+a memorized book comes back from shifted prompts and from samples, 4-bit rounding changes the
+logits (more than 8-bit), and relearning gives back more of a removed book than of a book the
+model never saw; their rows land in results.jsonl like every metric."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+import torch
+
+from ssu.eval.memorization import rouge_l_scores
+from ssu.eval.probes import PROBES, WORST
+from ssu.eval.probes.quantized import quantizable, quantize_weights
+from ssu.eval.probes.relearn import attacker_slice, relearn
+from ssu.eval.probes.shifted import VARIANTS, variant
+from ssu.models.loading import load_model, load_tokenizer
+from ssu.recipes.compose import load_composed
+from ssu.recipes.evaluate import evaluate_step
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
+
+PROBED = ["shifted", {"name": "sampled", "args": {"k": 4}}, "quantized", "rounded",
+          {"name": "relearn", "args": {"steps": 4, "lr": 1e-3}}]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_continues_with_the_text_that_follows_it(name):
+    prompt = "one two three four five six seven eight"
+    continuation = "nine ten eleven twelve"
+    p, ref = variant(name, prompt, continuation, tail_words=3, shift_words=2)
+    whole = " ".join((prompt + " " + continuation).split())
+    if name == "lower":
+        assert p == prompt.lower() and ref == continuation
+    else:
+        assert whole.endswith(" ".join((p + " " + ref).split())), (p, ref)
+        assert len(ref.split()) == {"earlier": 6, "later": 2}.get(name, 4)
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory, init_test_run):
+    """Step 1 of plain ssu, evaluated with every probe; step 0 with the memorized books probed too."""
+    run = init_test_run(tmp_path_factory.mktemp("probes") / "run", "ssu",
+                        eval={"enabled": True, "probes": PROBED, "model_metrics": [],
+                              "probe_sets": ["removed-now", "future", "heldout"]})
+    evaluate_step(run, 0, progress=False)
+    run_step(run, 1, progress=False)
+    evaluate_step(run, 1, progress=False)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    return run, {(r["step"], r["book"], r["set"], r["metric"]): r for r in rows}
+
+
+def test_every_probe_writes_rows_with_n_and_interval(probed):
+    run, rows = probed
+    metrics = {m for p in PROBES for m in p.outputs}
+    for metric in metrics | {WORST}:
+        got = [r for k, r in rows.items() if k[0] == 1 and k[2] == "removed-now" and k[3] == metric]
+        assert got, metric
+        assert all(r["ci_low"] <= r["value"] <= r["ci_high"] and r["n"] >= 1 for r in got)
+    per_window = [json.loads(line) for line in (run / "step_1" / "probes.jsonl").read_text().splitlines()]
+    assert {r["metric"] for r in per_window} == metrics
+
+
+def test_worst_case_is_the_max_over_greedy_and_the_probes(probed):
+    run, rows = probed
+    for (step, book, set_, metric), r in rows.items():
+        if metric == WORST:
+            greedy = rows[(step, book, set_, "rougeL_f")]["value"]
+            assert r["value"] >= greedy - 1e-9
+            for m in ("probe:shifted", "probe:sampled", "probe:int4", "probe:int8", "probe:rounded"):
+                assert r["value"] >= rows[(step, book, set_, m)]["value"] - 1e-9
+    # per window, recomputed from the files
+    greedy = {}
+    from ssu.eval.probes import rouge_l
+
+    for g in (run / "step_1" / "generations.jsonl").read_text().splitlines():
+        g = json.loads(g)
+        greedy[(g["set"], g["book"], g["window"])] = rouge_l(g["output"], g["reference"])
+    best = defaultdict(float)
+    for line in (run / "step_1" / "probes.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["metric"] not in ("probe:relearn", "probe:sampled-extracted"):
+            key = (r["set"], r["book"], r["window"])
+            best[key] = max(best[key], r["value"], greedy[key])
+    by_book = defaultdict(list)
+    for (set_, book, _), v in best.items():
+        by_book[(book, set_)].append(v)
+    for (book, set_), vs in by_book.items():
+        assert rows[(1, book, set_, WORST)]["value"] == pytest.approx(sum(vs) / len(vs), abs=1e-6)
+
+
+def test_memorized_book_comes_back_under_shifted_prompts_and_sampling(probed):
+    _, rows = probed
+    future = [k for k in rows if k[0] == 0 and k[2] == "future" and k[3] == "rougeL_f"]
+    assert future
+    for step, book, set_, _ in future:
+        assert rows[(step, book, set_, "rougeL_f")]["value"] >= 0.9
+        assert rows[(step, book, set_, "probe:shifted")]["value"] >= 0.9  # the memorizer under varied prompts
+        assert rows[(step, book, set_, "probe:sampled")]["value"] >= 0.8
+        assert rows[(step, book, set_, "probe:sampled-extracted")]["value"] >= 0.8
+
+
+def test_four_bit_rounding_changes_the_logits_more_than_eight_bit(synthetic_world):
+    tokenizer = load_tokenizer(str(synthetic_world.memorized))
+    ids = torch.tensor([tokenizer("the book of the year was written", add_special_tokens=True)["input_ids"]])
+    logits = {}
+    for bits in (None, 8, 4):
+        model = load_model(str(synthetic_world.memorized), "cpu", "float32")
+        if bits:
+            assert quantize_weights(model, bits) == len(quantizable(model)) > 0
+        with torch.no_grad():
+            logits[bits] = model(ids).logits
+    d8, d4 = ((logits[b] - logits[None]).abs().max().item() for b in (8, 4))
+    assert 0 < d8 < d4
+
+
+def test_relearning_gives_back_more_of_a_removed_book_than_of_one_never_seen(synthetic_world, init_test_run,
+                                                                             tmp_path):
+    """The same slice, the same steps: the unlearned model (book hidden) against the model before
+    memorization (the book never seen); measured on the book's other windows."""
+    run = init_test_run(tmp_path / "run", "ssu", calibrate={"enabled": True, "fraction": 0.3, "iterations": 4})
+    run_step(run, 1, progress=False)
+    from data_prep import windows_for
+
+    book = RunDir(run).step_record(1)["books"][0]
+    windows = [{**w, "set": "removed-now", "goal": "forget"} for w in windows_for(synthetic_world.prepared, [book])]
+    taken = attacker_slice(windows, 0.34, seed=0)
+    slice_ = [w for w in windows if ("removed-now", w["book"], w["window"]) in taken]
+    rest = [w for w in windows if ("removed-now", w["book"], w["window"]) not in taken]
+    tokenizer = load_tokenizer(str(synthetic_world.memorized))
+    after = {}
+    for name, model in (("unlearned", load_composed(RunDir(run), upto=1)),
+                        ("never seen", load_model(str(synthetic_world.tiny), "cpu", "float32"))):
+        before = sum(rouge_l_scores(model, tokenizer, rest)) / len(rest)
+        relearn(model, tokenizer, slice_, steps=6, lr=1e-3, batch_size=2, max_length=512, seed=0)
+        after[name] = sum(rouge_l_scores(model, tokenizer, rest)) / len(rest)
+        if name == "unlearned":
+            assert before < 0.6  # removed before relearning
+    assert after["unlearned"] > after["never seen"] + 0.2, after
