@@ -34,10 +34,15 @@ def _mean(rows: list[dict], step: int, sets: tuple[str, ...], metric: str) -> fl
 
 
 def collect(out: Path) -> list[dict]:
-    cfg = json.loads((out / "comparison.json").read_text())
+    """Every run under ``out`` (the comparison's methods, in its order once it has written
+    comparison.json) and the retrain references, at every step they were probed."""
+    summary = out / "comparison.json"
+    methods = json.loads(summary.read_text())["methods"] if summary.is_file() else \
+        sorted(p.name for p in out.iterdir() if (p / "manifest.json").is_file())
+    probed = {r["step"] for m in methods for r in _rows(out / m / "results.jsonl") if r["metric"] == "probe:worst"}
     table = []
-    for method in cfg["methods"] + ["retrain"]:
-        for t in cfg["steps"]:
+    for method in methods + ["retrain"]:
+        for t in sorted(probed - {0}):
             path = out / "retrain" / f"step_{t}" / "eval" / "results.jsonl" if method == "retrain" else \
                 out / method / "results.jsonl"
             rows = _rows(path)
