@@ -131,3 +131,17 @@ def test_reweighting_is_recorded_and_composes(audited, tmp_path):
     # redoing step 2 drops steps 2-3 and the event made on the stack that held them; the log stays whole
     run_step(copy, 2, force=True, progress=False)
     assert RunDir(copy).events() == [] and verify(copy)["log_records"] == 2
+
+
+def test_audit_split_is_seeded_disjoint_and_flags_short_books(capsys):
+    from ssu.recipes.calibrate import audit_split, calibration_windows
+
+    windows = [{"book": "long", "window": i} for i in range(10)] + [{"book": "short", "window": i} for i in range(3)]
+    split = audit_split(windows, 0.5, seed=7)
+    assert split == audit_split(windows, 0.5, seed=7) and split != audit_split(windows, 0.5, seed=8)
+    long = split["long"]
+    assert len(long["calibration"]) == 5 and sorted(long["calibration"] + long["audit"]) == list(range(10))
+    assert split["short"] == {"calibration": [0, 1, 2], "audit": [0, 1, 2], "short": True}
+    err = capsys.readouterr().err.splitlines()
+    assert len([line for line in err if "'short'" in line]) == 3 and "too few to keep calibration apart" in err[0]
+    assert {w["window"] for w in calibration_windows(windows, split) if w["book"] == "long"} == set(long["calibration"])
