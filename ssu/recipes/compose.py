@@ -19,7 +19,7 @@ from ssu.engine.precision import attach_lora_stack, autocast_forward, is_half
 from ssu.errors import SSUError
 from ssu.io import atomic_dir, atomic_write_json
 from ssu.models.loading import DTYPES, SSU_MODEL_CARD, load_model, load_tokenizer, resolve_device, resolve_dtype
-from ssu.recipes.run_dir import RunDir
+from ssu.recipes.run_dir import RESULTS, RunDir
 from ssu.vectors.io import load_vector
 from ssu.vectors.stack import StackEntry, VectorStack
 
@@ -46,7 +46,6 @@ def reweight(run_dir, step: int, alpha: float, note: str | None = None) -> dict:
     from datetime import datetime, timezone
 
     from ssu.io import atomic_write_jsonl, read_jsonl
-    from ssu.recipes.run_dir import RESULTS
 
     run = RunDir(run_dir)
     alphas = run.effective_alphas()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ssu.config import ComponentSpec
 from ssu.errors import SSUError
-from ssu.eval.probes import PROBES, WORST, ProbeContext
+from ssu.eval.probes import PROBES, WORST, ProbeContext, rouge_l, worst_case_metrics
 from ssu.eval.sets import set_goals
 from ssu.io import atomic_write_jsonl, read_jsonl
 from ssu.metrics import aggregate
@@ -40,12 +40,6 @@ def probe_specs(cfg, names: list[str] | None = None) -> list[ComponentSpec]:
     return specs
 
 
-def _rouge(output: str, reference: str) -> float:
-    from ssu.eval.probes import rouge_l
-
-    return rouge_l(output, reference)
-
-
 def probe_step(run_dir: str | Path, step: int, specs: list[ComponentSpec], progress: bool = True,
                base_only: bool = False, force: bool = False) -> list[dict]:
     """Run ``specs`` after ``step``; return the new (and recomputed worst-case) results rows."""
@@ -60,7 +54,7 @@ def probe_step(run_dir: str | Path, step: int, specs: list[ComponentSpec], progr
     if not windows:
         return []
     step_dir = run.step_dir(step)
-    greedy = {window_key(g): _rouge(g["output"], g["reference"]) for g in read_jsonl(step_dir / GENERATIONS)}
+    greedy = {window_key(g): rouge_l(g["output"], g["reference"]) for g in read_jsonl(step_dir / GENERATIONS)}
     missing = [w for w in windows if window_key(w) not in greedy]
     if missing:
         raise SSUError(f"step {step} has no greedy evaluation of {len(missing)} probed windows; "
@@ -121,8 +115,6 @@ def _rows(step: int, records: list[dict], metrics: set[str], seed: int, timings:
 
 def _worst_rows(step: int, windows: list[dict], greedy: dict, records: list[dict], seed: int) -> list[dict]:
     """Per window the max over greedy and every worst-case output recorded; per book the mean."""
-    from ssu.eval.probes import worst_case_metrics
-
     counted = worst_case_metrics()
     per_window: dict[tuple, list[tuple[str, float]]] = {window_key(w): [("greedy", greedy[window_key(w)])]
                                                         for w in windows}

@@ -89,6 +89,18 @@ def rouge_l(output: str, reference: str) -> float:
     return float(get_metric("rougeL_f").fn(output, reference))
 
 
+def greedy_scores(model, tokenizer, ctx: ProbeContext, metric: str, detail: dict | None = None) -> list[Score]:
+    """Greedy ROUGE-L of every window of ``ctx`` on ``model``, as ``metric`` (the probes that change
+    the model -- quantized, rounded, relearned -- and then decode as the evaluation does)."""
+    from ssu.eval.generation import generate_continuations
+
+    outputs = generate_continuations(model, tokenizer, ctx.windows, batch_size=ctx.config.eval.batch_size,
+                                     max_length=ctx.config.train.max_length, progress=ctx.progress,
+                                     tokens_per_batch=ctx.config.eval.tokens_per_batch)
+    return [Score(metric, w["set"], w["book"], w["window"], rouge_l(o, w["continuation"]), detail)
+            for w, o in zip(ctx.windows, outputs)]
+
+
 def worst_case_metrics() -> set[str]:
     """Every registered output that counts in the worst case."""
     return {m for p in PROBES for m, worst in p.outputs.items() if worst}

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ssu.errors import SSUError
-from ssu.eval.generation import generate_continuations
-from ssu.eval.probes import PROBES, Probe, ProbeContext, Score, rouge_l
+from ssu.eval.probes import PROBES, Probe, ProbeContext, Score, greedy_scores
 
 BITS = (8, 4)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,14 +83,6 @@ def quantize_weights(model, bits: int, quant_type: str = "nf4", blocksize: int =
     return n
 
 
-def _greedy_scores(model, tokenizer, ctx: ProbeContext, metric: str, detail: dict) -> list[Score]:
-    outputs = generate_continuations(model, tokenizer, ctx.windows, batch_size=ctx.config.eval.batch_size,
-                                     max_length=ctx.config.train.max_length, progress=ctx.progress,
-                                     tokens_per_batch=ctx.config.eval.tokens_per_batch)
-    return [Score(metric, w["set"], w["book"], w["window"], rouge_l(o, w["continuation"]), detail)
-            for w, o in zip(ctx.windows, outputs)]
-
-
 @PROBES.register("quantized", outputs={"probe:int8": True, "probe:int4": True}, needs_fresh_model=True,
                  description="weights rounded to 8 and 4 bits by bitsandbytes, then greedy")
 class Quantized(Probe):
@@ -112,7 +103,7 @@ class Quantized(Probe):
         for i, bits in enumerate(self.args.bits):  # each from the full-precision model
             m = model if i == 0 else ctx.load()
             quantize_weights(m, bits, self.args.quant_type, self.args.blocksize)
-            out += _greedy_scores(m, tokenizer, ctx, f"probe:int{bits}",
+            out += greedy_scores(m, tokenizer, ctx, f"probe:int{bits}",
                                   {"quant_type": self.args.quant_type} if bits == 4 else None)
             del m
         return out
@@ -132,4 +123,4 @@ class Rounded(Probe):
     def scores(self, model, tokenizer, ctx: ProbeContext) -> list[Score]:
         # what `ssu compose --dtype` writes: the float32 composition rounded once, to nearest
         model = model.to(DTYPES[self.args.dtype])
-        return _greedy_scores(model, tokenizer, ctx, "probe:rounded", {"dtype": self.args.dtype})
+        return greedy_scores(model, tokenizer, ctx, "probe:rounded", {"dtype": self.args.dtype})

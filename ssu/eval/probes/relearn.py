@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from ssu.errors import SSUError
-from ssu.eval.probes import PROBES, Probe, ProbeContext, Score
-from ssu.eval.probes.quantized import _greedy_scores
+from ssu.eval.probes import PROBES, Probe, ProbeContext, Score, greedy_scores
 
 
 def attacker_slice(windows: list[dict], fraction: float, seed: int) -> set[tuple[str, str, int]]:
@@ -119,5 +118,5 @@ class Relearn(Probe):
         losses = relearn(model, tokenizer, train, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
                          max_length=ctx.config.train.max_length, seed=ctx.seed)
         sub = ProbeContext(ctx.config, ctx.step, measured, ctx.seed, ctx.progress, ctx.load)
-        return _greedy_scores(model, tokenizer, sub, "probe:relearn",
+        return greedy_scores(model, tokenizer, sub, "probe:relearn",
                               {"relearned_windows": len(train), "final_loss": losses[-1]})
