@@ -110,12 +110,29 @@ class CalibrateSettings:
     # Share of each removed book's windows that calibration and early stop may see; the
     # rest are its audit windows, on which evaluation reports it (ssu/recipes/calibrate.py).
     share: float = 0.5
+    # What the target is: "fraction" (x the book's score at θ_{t-1}) or "heldout" (the level
+    # of text never seen -- held-out windows on the memorized model -- plus ``margin``);
+    # ``rouge``, when set, is an absolute target over either (ssu/recipes/targets.py).
+    target: str = "fraction"
+    margin: float = 0.0
+    # Prompt variants scored beside the training prompt (ssu/eval/probes/shifted.py names):
+    # a window's score is its worst case over them, for the removed book and the level alike.
+    shifted: list[str] = field(default_factory=list)
+    # Check the books removed at earlier steps at every α tried: none may end above its
+    # bound, max(target, its score at θ_{t-1}) + ``slack`` (constrained calibration).
+    earlier: bool = False
+    slack: float = 0.0
+    # And hold each retain book at >= keep x its score at θ_{t-1} (None: no floor).
+    keep: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
                and (self.rouge is None or 0 <= self.rouge <= 1) and 0 < self.share < 1,
                "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, fraction in (0, 1], rouge in [0, 1], "
                "share in (0, 1)")
+        _check(self.target in ("fraction", "heldout"), "calibrate.target must be fraction or heldout")
+        _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1),
+               "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep in (0, 1]")
 
 
 def _specs(*names: str) -> list[ComponentSpec]:

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ssu.engine.alpha import AlphaView
-from ssu.eval.memorization import mean_rouge_l
+from ssu.recipes.targets import absolute_target, mean_score
 
 MIN_SPLIT = 4  # windows a book needs to be split (at least 2 calibration and 2 audit at a share of 1/2)
 
@@ -70,58 +70,133 @@ def sample_windows(windows: Sequence[dict], n: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(list(windows), n)
 
 
-def rouge_l(model, tokenizer, windows: Sequence[dict], max_length: int) -> float:
-    """Mean greedy-continuation ROUGE-L F1 (the prompt alone), the evaluation's own metric."""
-    return mean_rouge_l(model, tokenizer, windows, max_length)
-
-
-def calibrate_alpha(score: Callable[[float], float], settings) -> dict:
-    """Smallest α in [0, alpha_max] (to the bisection's resolution) with ``score(α)`` <= target.
+def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[[float], float] | None = None,
+                    earlier: Callable[[float], dict[str, float]] | None = None,
+                    levels: dict[str, float] | None = None, keep: dict[str, float] | None = None) -> dict:
+    """Smallest α in [0, alpha_max] (to the bisection's resolution) with ``score(α)`` <= target,
+    among the α that keep every earlier-removed book within its bound.
 
     ``settings``: the run config's ``calibrate`` (:class:`ssu.config.CalibrateSettings`).
-    ``score(α)`` applies α and measures. Returns the record the manifest keeps: the
-    chosen α, the target, the score at α = 0, whether the target was reached, and
-    every trial as ``[α, score]``; the model is left at the chosen α.
+    ``score(α)`` applies α and measures the book removed now; ``target(score at α = 0)``
+    gives the absolute target (None: ``settings.rouge``, else ``settings.fraction`` × it).
+
+    Constrained calibration: with ``earlier`` (α -> {book: score}, measured at the α just
+    applied) every earlier-removed book b gets the bound max(``levels[b]``, its score at
+    α = 0) + ``settings.slack`` -- it may sit where it is or at its own target, never
+    higher -- and a text named in ``keep`` (the retain books, also measured by ``earlier``) the
+    floor ``keep[b]`` × its score at α = 0: it may lose at most that share. α = 0 is always
+    admissible. An α whose check puts any book over its bound
+    is never chosen: if the bisection's α is one, a second bisection between the best
+    admissible α tried and it looks for the largest admissible α, and the record says
+    ``constrained``. Returns the record the manifest keeps (chosen α, target, score at
+    α = 0, reached, every trial as ``[α, score]``, with constraints the bounds and every
+    check as ``[α, {book: score}, admissible]``); the model is left at the chosen α.
     """
     trials: list[list[float]] = []
+    checks: list[list] = []
+    bounds: dict[str, float] = {}
+    floors: dict[str, float] = {}
 
     def measure(a: float) -> float:
         s = score(a)
         trials.append([round(a, 6), round(s, 6)])
+        if earlier is not None:
+            seen = earlier(a)
+            if not bounds and not floors:  # the first measurement is at α = 0
+                floors.update({b: keep[b] * v for b, v in seen.items() if b in (keep or {})})
+                bounds.update({b: max((levels or {}).get(b, 0.0), v) + settings.slack for b, v in seen.items()
+                               if b not in floors})
+            checks.append([round(a, 6), {b: round(v, 6) for b, v in seen.items()},
+                           all(v <= bounds[b] + 1e-12 if b in bounds else v >= floors[b] - 1e-12
+                               for b, v in seen.items())])
         return s
 
+    def admissible(a: float) -> bool:
+        return earlier is None or next(c[2] for c in reversed(checks) if c[0] == round(a, 6))
+
     start = measure(0.0)
-    target = settings.rouge if settings.rouge is not None else settings.fraction * start
+    target = target(start) if target is not None else \
+        settings.rouge if settings.rouge is not None else settings.fraction * start
     record = {"target": round(target, 6), "score_at_0": round(start, 6), "trials": trials}
+    if earlier is not None:
+        record.update(bounds={b: round(v, 6) for b, v in bounds.items()}, checks=checks)
+        if floors:
+            record["floors"] = {b: round(v, 6) for b, v in floors.items()}
+
+    def done(alpha: float, reached: bool, **extra) -> dict:
+        if trials[-1][0] != round(alpha, 6):
+            measure(alpha)  # leave the model at the chosen α
+        return {**record, **extra, "alpha": alpha, "reached": reached}
+
     if start <= target:  # already there: this step needs no change at all
-        return {**record, "alpha": 0.0, "reached": True}
-    if measure(settings.alpha_max) > target:
-        return {**record, "alpha": settings.alpha_max, "reached": False}
+        return done(0.0, True)
     lo, hi = 0.0, settings.alpha_max
+    if measure(hi) <= target:
+        for _ in range(settings.iterations):
+            mid = (lo + hi) / 2
+            if measure(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+        reached = True
+    else:
+        reached = False
+    if admissible(hi):
+        return done(hi, reached)
+    # The α that reaches the target lifts an earlier book: take the largest admissible α
+    # below it (admissible α = 0 exists by construction of the bounds).
+    ok = max((t[0] for t, c in zip(trials, checks) if c[2] and t[0] < hi), default=0.0)
+    lo = ok
     for _ in range(settings.iterations):
         mid = (lo + hi) / 2
-        if measure(mid) <= target:
-            hi = mid
-        else:
+        measure(mid)
+        if admissible(mid):
             lo = mid
-    if trials[-1][0] != round(hi, 6):
-        measure(hi)  # leave the model at the chosen α
-    return {**record, "alpha": hi, "reached": True}
+        else:
+            hi = mid
+    best = min(((t[1], t[0]) for t, c in zip(trials, checks) if c[2]), default=(start, 0.0))
+    alpha = lo if dict((t[0], t[1]) for t in trials)[round(lo, 6)] <= best[0] else best[1]
+    return done(alpha, dict((t[0], t[1]) for t in trials)[round(alpha, 6)] <= target, constrained=True)
 
 
-def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, sign: int = -1) -> dict:
+def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, sign: int = -1,
+                   level: dict | None = None, earlier: dict[str, list[dict]] | None = None,
+                   kept: dict[str, list[dict]] | None = None) -> dict:
     """Calibrate α for one step on the model the step trained, applying α exactly in place
     (:class:`AlphaView`); the model is left at the chosen α. ``windows``: the removed
-    books' calibration windows (:func:`audit_split`), of which a sample is scored."""
+    books' calibration windows (:func:`audit_split`), of which a sample is scored, as
+    ``calibrate.shifted`` says (:mod:`ssu.recipes.targets`). ``level``: the never-seen
+    level's record when ``calibrate.target`` is heldout; ``earlier``: book -> calibration
+    windows of the books removed before, checked at every α when ``calibrate.earlier``;
+    ``kept``: book -> retain windows, each book held at ``calibrate.keep`` × its greedy score
+    at θ_{t−1} or more when that is set."""
+    c = cfg.calibrate
     view = AlphaView(model, vector, snapshot, sign)
-    windows = sample_windows(windows, cfg.calibrate.windows, seed)
+    windows = sample_windows(windows, c.windows, seed)
+    earlier = {b: sample_windows(ws, c.windows, seed) for b, ws in (earlier or {}).items()} if c.earlier else {}
+    kept = {b: sample_windows(ws, c.windows, seed) for b, ws in (kept or {}).items()} if c.keep else {}
     model.eval()
 
     def score(a: float) -> float:
         view.apply(a)
-        return rouge_l(model, tokenizer, windows, cfg.train.max_length)
+        return mean_score(model, tokenizer, windows, cfg.train.max_length, c.shifted)
 
-    return {**calibrate_alpha(score, cfg.calibrate), "windows": len(windows), "window_ids": _ids(windows)}
+    def check(a: float) -> dict[str, float]:  # at the α score() just applied
+        seen = {b: mean_score(model, tokenizer, ws, cfg.train.max_length, c.shifted) for b, ws in earlier.items()}
+        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length) for b, ws in kept.items()}}
+
+    # an earlier book's own bar: the absolute target when there is one, else where it is now
+    levels = {b: absolute_target(c, 0.0, level) if c.target == "heldout" or c.rouge is not None else 0.0
+              for b in earlier}
+    record = calibrate_alpha(score, c, target=lambda start: absolute_target(c, start, level),
+                             earlier=check if earlier or kept else None, levels=levels,
+                             keep={b: c.keep for b in kept})
+    extra = {"never_seen": level} if level is not None else {}
+    if earlier:
+        extra["earlier_window_ids"] = {b: _ids(ws) for b, ws in earlier.items()}
+    if kept:
+        extra["kept_window_ids"] = {b: _ids(ws) for b, ws in kept.items()}
+    return {**record, **extra, "windows": len(windows), "window_ids": _ids(windows)}
 
 
 def _ids(windows: Sequence[dict]) -> list[list]:
@@ -142,9 +217,10 @@ class EarlyStop:
     target needs. Every check is recorded.
     """
 
-    def __init__(self, model, snapshot, windows, tokenizer, cfg, seed: int, sign: int, vector_now):
+    def __init__(self, model, snapshot, windows, tokenizer, cfg, seed: int, sign: int, vector_now,
+                 level: dict | None = None):
         self.model, self.snapshot, self.tokenizer, self.cfg, self.sign = model, snapshot, tokenizer, cfg, sign
-        self.vector_now = vector_now
+        self.vector_now, self.level = vector_now, level
         self.windows = sample_windows(windows, cfg.calibrate.windows, seed)
         self.alpha = cfg.calibrate.alpha_max if cfg.calibrate.enabled else cfg.alpha
         self.checks: list[list[float]] = []
@@ -160,11 +236,12 @@ class EarlyStop:
         try:
             if self.target is None:
                 view.apply(0.0)
-                self.start = rouge_l(self.model, self.tokenizer, self.windows, self.cfg.train.max_length)
-                c = self.cfg.calibrate
-                self.target = c.rouge if c.rouge is not None else c.fraction * self.start
+                self.start = mean_score(self.model, self.tokenizer, self.windows, self.cfg.train.max_length,
+                                        self.cfg.calibrate.shifted)
+                self.target = absolute_target(self.cfg.calibrate, self.start, self.level)
             view.apply(self.alpha)
-            score = rouge_l(self.model, self.tokenizer, self.windows, self.cfg.train.max_length)
+            score = mean_score(self.model, self.tokenizer, self.windows, self.cfg.train.max_length,
+                               self.cfg.calibrate.shifted)
         finally:
             view.restore()
             self.model.train(was_training)

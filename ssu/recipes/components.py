@@ -16,6 +16,7 @@ from ssu.config import ComponentSpec, RunConfig, as_dict, build
 from ssu.errors import SSUError
 from ssu.eval.model_metrics import MODEL_METRICS, ModelMetric
 from ssu.eval.probes import PROBES, Probe
+from ssu.eval.probes.shifted import VARIANTS
 from ssu.eval.sets import check_config, get_eval_set
 from ssu.methods import METHODS, UnlearningMethod
 from ssu.metrics import METRICS
@@ -46,6 +47,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise SSUError(f"eval.probes: each may appear once, got {names}")
     cfg.eval.probes = [filled(PROBES, p) for p in cfg.eval.probes]
     check_config(cfg)
+    bad = [v for v in cfg.calibrate.shifted if v not in VARIANTS]
+    if bad:
+        raise SSUError(f"calibrate.shifted: choose from {', '.join(VARIANTS)} (got {', '.join(map(str, bad))})")
     for name in cfg.eval.probe_sets:
         get_eval_set(name, cfg)
         if name not in list(cfg.eval.sets) + list(cfg.eval.extra_sets):

@@ -62,6 +62,9 @@ class StepSetup:
     split: dict[str, dict] | None = None
     calibration_windows: list[dict] = field(default_factory=list)
     request: dict | None = None  # the takedown request this step serves: {"id", "note"}
+    level: dict | None = None  # the never-seen level calibration aims at (calibrate.target: heldout)
+    earlier_windows: dict[str, list[dict]] = field(default_factory=dict)  # constrained calibration
+    kept_windows: dict[str, list[dict]] = field(default_factory=dict)  # retain books' floors (calibrate.keep)
     early: EarlyStop | None = None
     seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -170,11 +173,42 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     if cfg.calibrate.enabled or cfg.calibrate.early_stop:  # tuned on the book: keep audit windows apart
         setup.split = audit_split(windows, cfg.calibrate.share, cfg.seed + step)
         setup.calibration_windows = calibration_windows(windows, setup.split)
+    if cfg.calibrate.enabled or cfg.calibrate.early_stop:
+        set_targets(setup, model)
     if cfg.calibrate.early_stop:
         setup.early = EarlyStop(model, snapshot, setup.calibration_windows, tokenizer, cfg, cfg.seed + step,
-                                method.sign, lambda: step_vector(setup, model, setup.snapshot))
+                                method.sign, lambda: step_vector(setup, model, setup.snapshot), setup.level)
     setup.seconds = time.perf_counter() - started
     return setup
+
+
+def set_targets(setup: StepSetup, model) -> None:
+    """What calibration aims at (ssu/recipes/targets.py): the never-seen level -- recorded by an
+    earlier step, else measured now on held-out windows at θ_{T−1} -- and the calibration
+    windows of the books removed before, when ``calibrate.earlier`` constrains α by them."""
+    from data_prep import read_window_rows
+    from ssu.recipes.targets import earlier_calibration_windows, never_seen_level, recorded_level
+
+    cfg, steps = setup.cfg, setup.run.manifest["steps"]
+    rows = read_window_rows(cfg.data)
+    if cfg.calibrate.target == "heldout" and cfg.calibrate.rouge is None:
+        setup.level = recorded_level(steps, setup.step)
+        if setup.level is None:
+            from ssu.recipes.calibrate import sample_windows
+
+            heldout = sample_windows([w for w in rows if w["role"] == "heldout"], cfg.calibrate.windows,
+                                     cfg.seed + setup.step)
+            was_training = model.training
+            model.eval()
+            setup.level = never_seen_level(model, setup.tokenizer, heldout, cfg, setup.step)
+            model.train(was_training)
+    if cfg.calibrate.earlier:
+        setup.earlier_windows = earlier_calibration_windows(
+            steps, setup.step, [w for w in rows if w["role"] == "forget"])
+    if cfg.calibrate.keep:
+        for w in rows:
+            if w["role"] == "retain":
+                setup.kept_windows.setdefault(w["book"], []).append(w)
 
 
 def trainable(model, cfg: RunConfig):
@@ -253,7 +287,8 @@ def _calibrated(setup: StepSetup, trained, vector) -> tuple[float, dict | None]:
     if not (setup.procs.is_main and cfg.calibrate.enabled):
         return cfg.alpha, None
     calibration = calibrate_step(trained, vector, setup.snapshot, setup.calibration_windows, setup.tokenizer, cfg,
-                                 cfg.seed + setup.step, setup.method.sign)
+                                 cfg.seed + setup.step, setup.method.sign, setup.level, setup.earlier_windows,
+                                 setup.kept_windows)
     return calibration["alpha"], calibration
 
 

@@ -1,0 +1,158 @@
+"""Benchmark: the memory a recipe's components add to a step of plain SSU, per parameter.
+
+Builds a synthetic world (two books to remove, two retain books, one held out; 100 +
+100-word windows) and a Llama of ``--size`` (default ``base``, the 5M-parameter reference
+shape; random weights: memory does not depend on what the model knows). Two
+measurements per component, on a full fine-tune:
+
+- **state** (counted): the tensors the component holds through the step, found by walking
+  its attributes after ``prepare`` -- bytes / trainable parameter. For the frozen copy of
+  ``kl`` (reference: model) and early stop's copy of the trained weights, the copy's bytes.
+- **peak** (measured): in a fresh subprocess per variant, steps 1 and 2's peak RSS
+  (``ru_maxrss``) minus plain SSU's, / trainable parameter -- it includes what a component
+  holds only for a moment (the float32 Fisher ``retain-mask`` thresholds). At the small
+  shape allocator noise is a few MB: read it beside the counted figure.
+
+    python benchmarks/recipe_memory.py                 # table, --size base
+    python benchmarks/recipe_memory.py --size large    # a larger shape: peaks steadier
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# name -> (config overrides over plain ssu full, what the docs call it)
+VARIANTS = {
+    "ssu (plain, full)": {},
+    "fisher": {"regularizers": [{"name": "fisher", "args": {"lam": 30.0}}]},
+    "retain-mask": {"regularizers": [{"name": "retain-mask", "args": {"fraction": 0.05}}]},
+    "ssu-stable regularizers (fisher + retain-mask)": {
+        "regularizers": [{"name": "fisher", "args": {"lam": 30.0}}, {"name": "retain-mask", "args": {"fraction": 0.05}}]},
+    "kl (reference: model)": {"regularizers": [{"name": "kl", "args": {"lam": 10.0}}]},
+    "kl (reference: cached)": {"regularizers": [{"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
+    "protect": {"regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}}]},
+    "guard": {"regularizers": ["guard"]},
+    "early stop (calibrate.early_stop)": {"calibrate": {"early_stop": True, "windows": 2}},
+    "ssu-deep regularizers (protect + kl cached)": {
+        "regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}},
+                         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
+}
+
+
+def build_world(root: Path, size: str) -> tuple[Path, Path]:
+    from data_prep import prepare_books, write_synthetic_corpus
+    from ssu.models.tiny import make_tiny_model
+
+    corpus, prepared, model = root / "corpus", root / "prepared", root / "model"
+    write_synthetic_corpus(corpus, n_books=2, seed=0, words_per_book=1200, n_retain=2, n_heldout=1)
+    prepare_books(corpus, prepared)
+    make_tiny_model(prepared, model, arch="llama", size=size)
+    return prepared, model
+
+
+def tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
+    """Bytes of the distinct tensors reachable from ``obj`` through dicts, lists, tuples and attributes."""
+    seen = set() if seen is None else seen
+    if depth > 4 or id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in list(obj.parameters()) + list(obj.buffers()))
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in obj)
+    if hasattr(obj, "__dict__") and depth == 0:
+        return sum(tensor_bytes(v, seen, depth + 1) for k, v in vars(obj).items() if k != "args")
+    return 0
+
+
+def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
+    """Bytes per trainable parameter the variant's components hold after prepare (counted)."""
+    import copy
+
+    from ssu.config import RunConfig, load
+    from ssu.engine.alpha import AlphaView
+    from ssu.models.loading import load_model, load_tokenizer
+    from ssu.recipes.components import build_regularizers, resolve
+    from ssu.engine.forget_set import build_forget_set
+    from ssu.recipes.step import step_windows
+
+    cfg = resolve(load(RunConfig, {"model": str(model_dir), "data": str(prepared), "device": "cpu",
+                                   "train": {"finetune": "full"}}, VARIANTS[name]))
+    model = load_model(str(model_dir), "cpu", "float32").requires_grad_(True)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tok = load_tokenizer(str(model_dir))
+    books, windows, retain, earlier = step_windows(prepared, 2)
+    fs = build_forget_set(2, windows, tok, retain=retain, earlier=earlier, books=books, max_length=512)
+    total = 0
+    for r in build_regularizers(cfg, -1):
+        r.prepare(model, fs)
+        total += tensor_bytes(r)
+        if r.needs_reference:  # the step's frozen θ_{t−1} (a full fine-tune deep-copies the model)
+            total += tensor_bytes(copy.deepcopy(model))
+        r.finish()
+    if cfg.calibrate.early_stop:  # AlphaView(keep_trained=True) copies the trained weights at each check
+        snap = {k: p.detach() for k, p in model.named_parameters()}
+        total += tensor_bytes(AlphaView(model, snap, snap, keep_trained=True).trained)
+    return total / n
+
+
+def child(prepared: str, model_dir: str, name: str, out: str) -> None:
+    """One step of the variant in this process; prints its peak RSS (bytes) as JSON."""
+    from ssu.recipes.init import init_run
+    from ssu.recipes.step import run_step
+
+    torch.set_num_threads(1)
+    over = {"model": model_dir, "data": prepared, "device": "cpu", "eval": {"enabled": False},
+            "train": {"finetune": "full", "epochs": 1, "batch_size": 2, "grad_accum": 1}, **VARIANTS[name]}
+    init_run(out, over)
+    t0 = time.perf_counter()
+    for t in (1, 2):  # step 2 has an earlier book (guard's rows)
+        run_step(out, t, progress=False)
+    print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "seconds": time.perf_counter() - t0}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="base")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepared, model_dir = build_world(root, args.size)
+        from ssu.models.loading import load_model
+
+        n = sum(p.numel() for p in load_model(str(model_dir), "cpu", "float32").parameters())
+        print(f"model: llama {args.size}, {n / 1e6:.2f}M parameters (float32: {4 * n / 2**20:.1f} MiB)\n")
+        peaks = {}
+        for i, name in enumerate(VARIANTS):
+            out = subprocess.run([sys.executable, __file__, "--child", str(prepared), str(model_dir), name,
+                                  str(root / f"run{i}")], capture_output=True, text=True, check=True)
+            peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+        base = peaks["ssu (plain, full)"]
+        print("| component | state held (counted), bytes/param | step peak RSS over plain ssu, bytes/param |")
+        print("|---|---:|---:|")
+        for name in VARIANTS:
+            state = 0.0 if name.startswith("ssu (plain") else counted(prepared, model_dir, name)
+            print(f"| {name} | {state:.2f} | {(peaks[name] - base) / n:+.2f} |")
+        print(f"\nplain ssu step peak RSS: {base / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

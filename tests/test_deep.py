@@ -1,0 +1,199 @@
+"""Removal toward the never-seen level (the ``ssu-deep`` recipe's components).
+
+- constrained calibration never accepts an α that lifts an earlier-removed book over its
+  bound (constructed score functions, including non-monotone ones);
+- the never-seen target is measured once on held-out windows and reused; the earlier
+  books are checked on their own calibration windows only;
+- the worst case over prompt variants is at least the greedy score of every window;
+- ``protect``: its bf16 Fisher matches the float32 one, it freezes exactly the entries over
+  its threshold, holds 2 bytes per parameter, and moves retained text less than no
+  protection;
+- ``kl`` with cached reference distributions: exact against the frozen model when k covers
+  the vocabulary, a lower bound otherwise, and it keeps retained text closer than no KL.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import forget_set_of
+
+from ssu.config import CalibrateSettings
+from ssu.engine.losses import LEARN, make_batch
+from ssu.models.loading import load_model, load_tokenizer
+from ssu.recipes.calibrate import calibrate_alpha
+from ssu.recipes.compose import load_composed
+from ssu.recipes.run_dir import RunDir
+from ssu.recipes.step import run_step
+from ssu.recipes.targets import absolute_target, window_scores
+
+SETTINGS = CalibrateSettings(enabled=True, rouge=0.2, alpha_max=8.0, iterations=8)
+
+
+def _check_record(record: dict, bounds: dict[str, float]) -> None:
+    """The chosen α was measured, and its check is within every bound."""
+    chosen = [c for c in record["checks"] if c[0] == round(record["alpha"], 6)]
+    assert chosen and chosen[-1][2]
+    assert all(v <= bounds[b] + 1e-9 for b, v in chosen[-1][1].items())
+    assert record["bounds"] == pytest.approx(bounds)
+
+
+def test_constrained_calibration_never_lifts_an_earlier_book_over_its_bound():
+    now = lambda a: max(0.0, 1.0 - a / 4)  # noqa: E731 -- reaches 0.2 at α = 3.2
+    # book b is at 0.25 now (bound 0.25 > its target 0.2) and comes back above 2 < 3.2
+    earlier = lambda a: {"b": 0.25 + 0.1 * max(0.0, a - 2.0)}  # noqa: E731
+    record = calibrate_alpha(now, SETTINGS, earlier=earlier, levels={"b": 0.2})
+    _check_record(record, {"b": 0.25})
+    assert record["constrained"] and not record["reached"]
+    assert 2.0 - 8.0 / 2**8 <= record["alpha"] <= 2.0  # as close to the bound as the bisection gets
+    # a retain book held at >= 0.9 x its score at α = 0: it falls past that at α > 1.5
+    kept = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"r": 1.0 - 0.2 * max(0.0, a - 1.0)}, keep={"r": 0.9})
+    assert kept["floors"] == {"r": 0.9} and kept["constrained"] and 1.5 - 8.0 / 2**8 <= kept["alpha"] <= 1.5
+    assert [c for c in kept["checks"] if c[0] == round(kept["alpha"], 6)][-1][1]["r"] >= 0.9
+    # a bound that does not bind changes nothing
+    free = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"b": 0.1}, levels={"b": 0.2})
+    plain = calibrate_alpha(now, SETTINGS)
+    assert free["alpha"] == plain["alpha"] and free["reached"] and "constrained" not in free
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_constrained_calibration_holds_for_non_monotone_books(seed):
+    rng = random.Random(seed)
+    knots = sorted(rng.uniform(0, 8) for _ in range(4))
+    bumps = {b: [rng.uniform(-0.2, 0.3) for _ in knots] for b in ("b", "c")}
+
+    def earlier(a: float) -> dict[str, float]:  # piecewise: rises and falls with α
+        return {b: 0.3 + sum(h for k, h in zip(knots, hs) if a >= k) for b, hs in bumps.items()}
+
+    levels = {"b": 0.2, "c": 0.4}
+    record = calibrate_alpha(lambda a: max(0.0, 1.0 - a / rng.uniform(1, 10)), SETTINGS, earlier=earlier,
+                             levels=levels)
+    _check_record(record, {b: max(levels[b], earlier(0.0)[b]) for b in levels})
+
+
+def test_targets_and_worst_case_scores(synthetic_world):
+    settings = CalibrateSettings(target="heldout", margin=0.05)
+    assert absolute_target(settings, 0.9, {"level": 0.15}) == pytest.approx(0.2)
+    assert absolute_target(CalibrateSettings(fraction=0.5), 0.9, None) == pytest.approx(0.45)
+    model = load_model(str(synthetic_world.memorized), "cpu", "float32")
+    tok = load_tokenizer(str(synthetic_world.memorized))
+    windows = [w for w in map(json.loads, (synthetic_world.prepared / "windows.jsonl").read_text().splitlines())
+               if w["role"] == "forget"][:4]
+    greedy = window_scores(model, tok, windows, 128)
+    worst = window_scores(model, tok, windows, 128, ["tail", "earlier", "lower"])
+    assert len(worst) == 4 and all(w >= g for w, g in zip(worst, greedy))
+
+
+def test_heldout_target_is_measured_once_and_earlier_books_are_checked(run_dir):
+    calibrate = {"enabled": True, "target": "heldout", "margin": 0.05, "shifted": ["tail"], "earlier": True,
+                 "windows": 4, "iterations": 4, "alpha_max": 8.0}
+    run = run_dir(calibrate=calibrate)
+    first, second = run_step(run, 1, progress=False), run_step(run, 2, progress=False)
+    level = first["calibration"]["never_seen"]
+    assert level["measured_at_step"] == 1 and level["shifted"] == ["tail"]
+    assert second["calibration"]["never_seen"] == level  # reused, not re-measured on a changed model
+    assert first["calibration"]["target"] == pytest.approx(level["level"] + 0.05, abs=1e-6)
+    assert "checks" not in first["calibration"]  # nothing removed before step 1
+    cal = second["calibration"]
+    book = first["books"][0]
+    # the earlier book is checked on its own calibration windows, never on its audit windows
+    ids = {w for _, w in cal["earlier_window_ids"][book]}
+    assert ids <= set(first["split"][book]["calibration"]) and not ids & set(first["split"][book]["audit"])
+    assert cal["checks"][0][0] == 0.0 and all(book in c[1] for c in cal["checks"])
+    _check_record(cal, cal["bounds"])
+
+
+def test_the_deep_recipe_is_written_into_the_config(run_dir):
+    cfg = json.loads((run_dir(method="ssu-deep") / "config.json").read_text())["config"]
+    assert cfg["preset"] == "ssu-deep" and cfg["method"]["name"] == "ssu"
+    assert cfg["calibrate"]["target"] == "heldout" and cfg["calibrate"]["earlier"] is True
+    assert [r["name"] for r in cfg["regularizers"]] == ["protect", "kl"]
+    assert cfg["regularizers"][1]["args"]["reference"] == "cached"
+
+
+# --- protect -------------------------------------------------------------------------------
+
+
+def test_protect_fisher_mask_and_memory(synthetic_world):
+    from ssu.regularizers.base import retain_fisher, sample
+    from ssu.regularizers.protect import Protect, ProtectArgs
+
+    model = load_model(str(synthetic_world.memorized), "cpu", "float32").requires_grad_(True)
+    tok = load_tokenizer(str(synthetic_world.memorized))
+    fs = forget_set_of(synthetic_world.prepared, 1, tok, with_random=False, retain=True)
+    exact = retain_fisher(model, sample(fs.retain, 64, fs.step), fs.pad_id)  # before the mask's hooks
+    reg = Protect(ProtectArgs(fraction=0.1, windows=64), seed=0)
+    reg.prepare(model, fs)
+    n = sum(p.numel() for p in model.parameters())
+    assert reg.state_bytes() == 2 * n and reg.windows == len(fs.retain)
+    for k, f in exact.items():  # bf16 storage of a float32-accumulated sum: 8 significant bits
+        torch.testing.assert_close(reg.fisher[k].float(), f, rtol=2e-2, atol=1e-12 + 1e-3 * float(f.max()))
+    assert 0.1 <= reg.frozen / n <= 0.12  # the top 10 % (plus ties at the threshold)
+    # one optimizer step on the forget windows: exactly the entries over the threshold keep their bits
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    batch = make_batch([(e, LEARN) for e in fs.learn], fs.pad_id)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.input_ids)
+    out.loss.backward()
+    opt.step()
+    reg.finish()
+    moved = []
+    for k, p in model.named_parameters():
+        frozen = reg.fisher[k] >= reg.threshold
+        assert torch.equal(p.detach()[frozen], before[k][frozen])
+        moved.append(not torch.equal(p.detach()[~frozen], before[k][~frozen]))
+    assert all(moved) or sum(moved) >= len(moved) - 2  # the rest moved (a bias may be frozen whole)
+
+
+def _retain_nll(run, step: int, world) -> float:
+    from ssu.engine.losses import forward_nll, group_mean_nll
+
+    model = load_composed(RunDir(run), upto=step)
+    tok = load_tokenizer(str(world.memorized))
+    fs = forget_set_of(world.prepared, 1, tok, with_random=False, retain=True)
+    with torch.no_grad():
+        batch = make_batch([(e, LEARN) for e in fs.retain], tok.pad_token_id)
+        nll, mask = forward_nll(model, batch)
+        return float(group_mean_nll(nll, mask, batch, LEARN))
+
+
+@pytest.mark.parametrize("regularizer", [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
+                                         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}])
+def test_each_protection_moves_retained_text_less(run_dir, synthetic_world, regularizer):
+    plain, kept = run_dir(name="plain", alpha=3.0), run_dir(name="kept", alpha=3.0, regularizers=[regularizer])
+    for r in (plain, kept):
+        run_step(r, 1, progress=False)
+    base = _retain_nll(plain, 0, synthetic_world)
+    hurt = {r.name: _retain_nll(r, 1, synthetic_world) - base for r in (plain, kept)}
+    assert hurt["plain"] > 0 and hurt["kept"] < hurt["plain"], hurt
+
+
+# --- kl with cached reference distributions ---------------------------------------------------
+
+
+def test_cached_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below(synthetic_world):
+    from ssu.regularizers.kl import cached_kl, continuation_kl, reference_topk
+
+    reference = load_model(str(synthetic_world.memorized), "cpu", "float32").eval()
+    model = load_model(str(synthetic_world.memorized), "cpu", "float32").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tok = load_tokenizer(str(synthetic_world.memorized))
+    fs = forget_set_of(synthetic_world.prepared, 1, tok, with_random=False, retain=True)
+    rows = fs.retain[:3]
+    batch = make_batch([(r, LEARN) for r in rows], fs.pad_id)
+    vocab = model.config.vocab_size
+    with torch.no_grad():
+        full = continuation_kl(model, reference, batch)
+        whole = cached_kl(model, batch, [reference_topk(reference, make_batch([(r, LEARN)], fs.pad_id), vocab)
+                                         for r in rows])
+        top8 = cached_kl(model, batch, [reference_topk(reference, make_batch([(r, LEARN)], fs.pad_id), 8)
+                                        for r in rows])
+    assert float(full) > 0.01
+    torch.testing.assert_close(whole, full, rtol=1e-4, atol=1e-6)
+    assert 0 < float(top8) <= float(full) + 1e-6
