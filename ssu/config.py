@@ -118,6 +118,9 @@ class CalibrateSettings:
     # Prompt variants scored beside the training prompt (ssu/eval/probes/shifted.py names):
     # a window's score is its worst case over them, for the removed book and the level alike.
     shifted: list[str] = field(default_factory=list)
+    # Each window also read this many words later (mean over the readings): more samples of
+    # the calibration windows' text for a steadier score; [0] reads each window once.
+    offsets: list[int] = field(default_factory=lambda: [0])
     # Check the books removed at earlier steps at every α tried: none may end above its
     # bound, max(target, its score at θ_{t-1}) + ``slack`` (constrained calibration).
     earlier: bool = False
@@ -131,6 +134,7 @@ class CalibrateSettings:
                "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, fraction in (0, 1], rouge in [0, 1], "
                "share in (0, 1)")
         _check(self.target in ("fraction", "heldout"), "calibrate.target must be fraction or heldout")
+        _check(bool(self.offsets) and all(k >= 0 for k in self.offsets), "calibrate.offsets: words >= 0, at least one")
         _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1),
                "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep in (0, 1]")
 
@@ -170,6 +174,18 @@ class EvalSettings:
 
 
 @dataclass
+class GenericSettings:
+    """A pool of general text the regularizers protect beside the retain books (the model owner
+    always has some); ``ssu/recipes/step.py`` cuts ``windows`` of it like the books."""
+
+    dir: str | None = None
+    windows: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.windows >= 1, "generic.windows must be >= 1")
+
+
+@dataclass
 class RunConfig:
     model: str = ""
     data: str = ""
@@ -184,6 +200,10 @@ class RunConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     calibrate: CalibrateSettings = field(default_factory=CalibrateSettings)
+    # Generic text beside the retain books in the step's retain pool (what the regularizers --
+    # Fisher, retain mask, KL -- and a method's retain term see): a directory of .txt files
+    # cut into windows like the books; never evaluated on.
+    generic: GenericSettings = field(default_factory=lambda: GenericSettings())
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 

@@ -197,3 +197,19 @@ def test_cached_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below(sy
     assert float(full) > 0.01
     torch.testing.assert_close(whole, full, rtol=1e-4, atol=1e-6)
     assert 0 < float(top8) <= float(full) + 1e-6
+
+
+def test_generic_text_joins_the_retain_pool_of_the_regularizers(run_dir, tmp_path):
+    from data_prep.synth import synthetic_book
+    from ssu.errors import SSUError
+
+    generic = tmp_path / "generic"
+    generic.mkdir()
+    (generic / "g.txt").write_text(synthetic_book(0, "generic", 1, 400))
+    reg = [{"name": "protect", "args": {"windows": 64}}]
+    alone = run_step(run_dir(name="alone", regularizers=reg), 1, progress=False)["regularizers"]["protect"]
+    joined = run_step(run_dir(name="joined", regularizers=reg, generic={"dir": str(generic), "windows": 5}), 1,
+                      progress=False)["regularizers"]["protect"]
+    assert joined["windows"] == alone["windows"] + 5
+    with pytest.raises(SSUError, match="generic.dir: .*does not exist"):
+        run_step(run_dir(name="bad", regularizers=reg, generic={"dir": str(tmp_path / "nope")}), 1, progress=False)

@@ -179,11 +179,13 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
 
     def score(a: float) -> float:
         view.apply(a)
-        return mean_score(model, tokenizer, windows, cfg.train.max_length, c.shifted)
+        return mean_score(model, tokenizer, windows, cfg.train.max_length, c.shifted, c.offsets)
 
     def check(a: float) -> dict[str, float]:  # at the α score() just applied
-        seen = {b: mean_score(model, tokenizer, ws, cfg.train.max_length, c.shifted) for b, ws in earlier.items()}
-        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length) for b, ws in kept.items()}}
+        seen = {b: mean_score(model, tokenizer, ws, cfg.train.max_length, c.shifted, c.offsets)
+                for b, ws in earlier.items()}
+        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length, offsets=c.offsets)
+                          for b, ws in kept.items()}}
 
     # an earlier book's own bar: the absolute target when there is one, else where it is now
     levels = {b: absolute_target(c, 0.0, level) if c.target == "heldout" or c.rouge is not None else 0.0
@@ -237,11 +239,11 @@ class EarlyStop:
             if self.target is None:
                 view.apply(0.0)
                 self.start = mean_score(self.model, self.tokenizer, self.windows, self.cfg.train.max_length,
-                                        self.cfg.calibrate.shifted)
+                                        self.cfg.calibrate.shifted, self.cfg.calibrate.offsets)
                 self.target = absolute_target(self.cfg.calibrate, self.start, self.level)
             view.apply(self.alpha)
             score = mean_score(self.model, self.tokenizer, self.windows, self.cfg.train.max_length,
-                               self.cfg.calibrate.shifted)
+                               self.cfg.calibrate.shifted, self.cfg.calibrate.offsets)
         finally:
             view.restore()
             self.model.train(was_training)

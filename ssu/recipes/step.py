@@ -125,6 +125,20 @@ def step_windows(data: str | Path, step: int) -> tuple[list[str], list[dict], li
             [w for w in forget if w["book"] in earlier_books])
 
 
+def generic_windows(cfg: RunConfig) -> list[dict]:
+    """``generic.windows`` windows of the generic text (seeded), cut like the prepared books."""
+    from data_prep import load_generic, load_schedule
+    from data_prep.errors import PrepError
+
+    sched = load_schedule(cfg.data)
+    try:
+        pool = load_generic(cfg.generic.dir, sched["prompt_words"], sched["continuation_words"],
+                            pool=cfg.generic.windows, heldout=0, seed=cfg.seed)
+    except PrepError as e:
+        raise SSUError(f"generic.dir: {e}") from None
+    return [{**w, "role": "retain"} for w in pool.train]
+
+
 def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     cfg = run.config
     if procs.sharded and cfg.calibrate.enabled:  # it generates on the main process alone
@@ -147,6 +161,8 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     model = load_composed(run, upto=step - 1, device=dev)
     books, windows, retain, earlier = step_windows(cfg.data, step)
     wants_retain = method.needs_retain or any(r.needs_retain for r in regularizers)
+    if wants_retain and cfg.generic.dir:
+        retain = retain + generic_windows(cfg)
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
                           with_random=method.uses_random_labels, retain=retain if wants_retain else None,
                           earlier=earlier if any(r.needs_earlier for r in regularizers) else None,

@@ -30,22 +30,35 @@ from ssu.eval.probes.shifted import variant
 TAIL_WORDS, SHIFT_WORDS = 20, 5  # the shifted probe's defaults
 
 
+def slide(w: dict, k: int) -> dict:
+    """The window's text read ``k`` words later: the prompt loses its first k words and gains the
+    continuation's first k; the reference is the rest of the continuation."""
+    p, c = w["prompt"].split(), w["continuation"].split()
+    k = min(k, len(c) - 1)
+    return {**w, "prompt": " ".join(p[k:] + c[:k]), "continuation": " ".join(c[k:])}
+
+
 def window_scores(model, tokenizer, windows: Sequence[dict], max_length: int,
-                  variants: Sequence[str] = ()) -> list[float]:
-    """Per window: greedy ROUGE-L from its prompt, or (with ``variants``) the max over the
-    prompt and each variant's; one batched generation for all of them."""
-    rows = [dict(w) for w in windows]
+                  variants: Sequence[str] = (), offsets: Sequence[int] = (0,)) -> list[float]:
+    """Per window: greedy ROUGE-L from its prompt -- the mean over the prompts read at each of
+    ``offsets`` (words; more samples of the same text, for a steadier calibration) -- or, with
+    ``variants``, the max of that and each prompt variant's score; one batched generation."""
+    n = len(windows)
+    rows = [slide(w, k) if k else dict(w) for k in offsets for w in windows]
     for name in variants:
         for w in windows:
             prompt, reference = variant(name, w["prompt"], w["continuation"], TAIL_WORDS, SHIFT_WORDS)
             rows.append({**w, "prompt": prompt, "continuation": reference})
-    flat = rouge_l_scores(model, tokenizer, rows, max_length)
-    n = len(windows)
-    return [max(flat[i::n]) for i in range(n)] if n else []
+    flat = rouge_l_scores(model, tokenizer, rows, max_length) if rows else []
+    m = len(offsets) * n
+    read = [float(np.mean(flat[i:m:n])) for i in range(n)]
+    return [max([read[i], *flat[m + i::n]]) for i in range(n)]
 
 
-def mean_score(model, tokenizer, windows: Sequence[dict], max_length: int, variants: Sequence[str] = ()) -> float:
-    return float(np.mean(window_scores(model, tokenizer, windows, max_length, variants))) if windows else 0.0
+def mean_score(model, tokenizer, windows: Sequence[dict], max_length: int, variants: Sequence[str] = (),
+               offsets: Sequence[int] = (0,)) -> float:
+    return float(np.mean(window_scores(model, tokenizer, windows, max_length, variants, offsets))) \
+        if windows else 0.0
 
 
 def never_seen_level(model, tokenizer, heldout: Sequence[dict], cfg, step: int) -> dict:
@@ -54,9 +67,10 @@ def never_seen_level(model, tokenizer, heldout: Sequence[dict], cfg, step: int) 
 
     if not heldout:
         raise SSUError("calibrate.target: heldout needs held-out books (heldout/*.txt in the prepared data)")
-    value = mean_score(model, tokenizer, heldout, cfg.train.max_length, cfg.calibrate.shifted)
+    c = cfg.calibrate
+    value = mean_score(model, tokenizer, heldout, cfg.train.max_length, c.shifted, c.offsets)
     return {"level": round(value, 6), "measured_at_step": step, "windows": len(heldout),
-            "shifted": list(cfg.calibrate.shifted)}
+            "shifted": list(c.shifted), "offsets": list(c.offsets)}
 
 
 def recorded_level(manifest_steps: dict, step: int) -> dict | None:

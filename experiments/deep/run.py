@@ -1,0 +1,127 @@
+"""Removal as deep as never having seen the book: every recipe variant on one world, over seeds.
+
+For each seed and variant: a run directory ``OUT/seed<N>/<variant>`` made by ``init_run`` /
+``run_step`` / ``evaluate_step`` (steps 1..N, each evaluated: greedy ROUGE-L on audit
+windows, the worst case over shifted prompts, 8 samples, 8/4-bit and bf16 weights, and
+relearning), and with ``--retrain`` the retrain reference of every step
+(``OUT/seed<N>/retrain/step_T``). ``table.py`` turns them into the goal table and the
+frontier plot. Re-runnable: completed steps, evaluations and references are skipped.
+
+    python experiments/deep/run.py demo --out runs/deep/demo --seeds 0 1 2 --retrain
+    python experiments/deep/run.py gutenberg --out runs/deep/gutenberg --seeds 0 \\
+        --model runs/gutenberg/memorized --data runs/gutenberg/prepared --variants ssu-deep deep-no-kl
+    python experiments/deep/run.py pretrained --out runs/deep/pretrained --seeds 0 1 \\
+        --model runs/pretrained_world/memorized --data runs/pretrained_world/prepared
+
+The demo world of each seed is built as ``ssu demo`` builds it (experiments/stable/demo_world.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "stable"))
+
+STEPS = {"demo": 3, "gutenberg": 6, "pretrained": 4}
+# name -> (method or preset, overrides). The ablations each take one component out of ssu-deep.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "ssu": ("ssu", {}),
+    "ssu-stable": ("ssu-stable", {}),
+    "ssu-deep": ("ssu-deep", {}),
+    "deep-no-earlier": ("ssu-deep", {"calibrate": {"earlier": False}}),
+    "deep-no-kl": ("ssu-deep", {"regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}}]}),
+    "deep-no-protect": ("ssu-deep", {"regularizers": [{"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]}),
+    "deep-dense": ("ssu-deep", {"method": {"args": {"saliency_density": None}}}),
+    "deep-margin-0.1": ("ssu-deep", {"calibrate": {"margin": 0.1}}),
+    "deep-margin-0.2": ("ssu-deep", {"calibrate": {"margin": 0.2}}),
+    "ga": ("ga", {}),
+    "npo": ("npo", {}),
+}
+MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
+        "deep-margin-0.1", "deep-margin-0.2", "ga", "npo"]
+
+
+def eval_block(lm_eval: dict | None) -> dict:
+    """The evaluation every run and reference gets: audit-window greedy, the default probes and
+    relearning (6 AdamW steps at lr 1e-3 on a quarter of each removed book's audit windows)."""
+    metrics = ["perplexity"] + ([{"name": "lm_eval", "args": lm_eval}] if lm_eval else [])
+    return {"metrics": ["rougeL_f", "verbatim_8gram"], "model_metrics": metrics,
+            "probes": ["shifted", "sampled", "quantized", "rounded",
+                       {"name": "relearn", "args": {"steps": 6, "lr": 1.0e-3, "batch_size": 2}}],
+            "probe_sets": ["removed-now", "removed-earlier", "heldout"]}
+
+
+def run_variant(out: Path, name: str, model: str, data: str, seed: int, steps: int, common: dict) -> Path:
+    from ssu.config import merge
+    from ssu.recipes.evaluate import evaluate_step
+    from ssu.recipes.init import init_run
+    from ssu.recipes.step import run_step
+
+    method, over = VARIANTS[name]
+    run = out / name
+    if not (run / "config.json").exists():
+        cfg = merge(copy.deepcopy(common), {"model": model, "data": data, "seed": seed, "device": "cpu"})
+        method_args = (over.get("method") or {}).get("args")
+        cfg = merge(cfg, {k: v for k, v in over.items() if k != "method"})
+        cfg["method"] = {"name": method, "args": method_args} if method_args else method
+        init_run(run, cfg)
+    evaluate_step(run, 0, progress=False)
+    for t in range(1, steps + 1):
+        run_step(run, t, progress=False)
+        evaluate_step(run, t, progress=False)
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("world", choices=sorted(STEPS))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--variants", nargs="+", default=MAIN, choices=sorted(VARIANTS))
+    ap.add_argument("--model", help="the memorized model (gutenberg, pretrained)")
+    ap.add_argument("--data", help="the prepared directory (gutenberg, pretrained)")
+    ap.add_argument("--steps", type=int, help="steps to run (default: the world's)")
+    ap.add_argument("--retrain", action="store_true", help="also the retrain reference of every step")
+    ap.add_argument("--lm-eval-include", help="an lm-eval task folder with ssu_cloze (default: the shipped one, "
+                                              "demo world only)")
+    args = ap.parse_args()
+    steps = args.steps or STEPS[args.world]
+    include = args.lm_eval_include or (str(HERE.parent / "lm_eval") if args.world == "demo" else None)
+    lm_eval = {"tasks": ["ssu_cloze"], "include": include} if include else None
+    common = {"train": {"finetune": "full"}, "eval": eval_block(lm_eval)}
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        root = args.out / f"seed{seed}"
+        if args.world == "demo":
+            from demo_world import world
+
+            prepared, memorized = world(root / "world", seed)
+            model, data = str(memorized.resolve()), str(prepared.resolve())
+        else:
+            model, data = str(Path(args.model).resolve()), str(Path(args.data).resolve())
+        for name in args.variants:
+            started = time.perf_counter()
+            run = run_variant(root, name, model, data, seed, steps, common)
+            alphas = [round(e["alpha"], 2) for _, e in sorted(json.loads((run / "manifest.json").read_text())
+                                                               ["steps"].items(), key=lambda kv: int(kv[0]))]
+            print(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} {name}: {time.perf_counter() - started:.0f}s, "
+                  f"alphas {alphas}", flush=True)
+        if args.retrain:
+            from ssu.recipes.retrain import retrain
+
+            for t in range(1, steps + 1):
+                started = time.perf_counter()
+                retrain(model, data, root / "retrain" / f"step_{t}", t,
+                        run_overrides={**common, "seed": seed, "device": "cpu"}, progress=False)
+                print(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} retrain step {t}: "
+                      f"{time.perf_counter() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
