@@ -9,9 +9,10 @@ measurements per component, on a full fine-tune:
   its attributes after ``prepare`` -- bytes / trainable parameter. For the frozen copy of
   ``kl`` (reference: model) and early stop's copy of the trained weights, the copy's bytes.
 - **peak** (measured): in a fresh subprocess per variant, steps 1 and 2's peak RSS
-  (``ru_maxrss``) minus plain SSU's, / trainable parameter -- it includes what a component
-  holds only for a moment (the float32 Fisher ``retain-mask`` thresholds). At the small
-  shape allocator noise is a few MB: read it beside the counted figure.
+  (``ru_maxrss``) minus plain SSU's, / trainable parameter, the median of ``--repeats`` runs
+  -- it includes what a component holds only for a moment (the float32 Fisher
+  ``retain-mask`` thresholds) and the activations of the rows a loss term adds (``kl``,
+  ``guard``), which grow with rows x tokens x (width + vocabulary), not with parameters.
 
     python benchmarks/recipe_memory.py                 # table, --size base
     python benchmarks/recipe_memory.py --size large    # a larger shape: peaks steadier
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,6 +131,7 @@ def child(prepared: str, model_dir: str, name: str, out: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="base")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per variant; the median peak is shown")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -140,11 +144,17 @@ def main() -> None:
 
         n = sum(p.numel() for p in load_model(str(model_dir), "cpu", "float32").parameters())
         print(f"model: llama {args.size}, {n / 1e6:.2f}M parameters (float32: {4 * n / 2**20:.1f} MiB)\n")
-        peaks = {}
-        for i, name in enumerate(VARIANTS):
-            out = subprocess.run([sys.executable, __file__, "--child", str(prepared), str(model_dir), name,
-                                  str(root / f"run{i}")], capture_output=True, text=True, check=True)
-            peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+        peaks: dict[str, list[int]] = {}
+        # glibc returns a freed tensor to the system only if it was mmapped; a fixed, low mmap
+        # threshold makes every tensor of the model's size mmapped, so RSS follows live tensors
+        # (the default dynamic threshold keeps freed memory in the heap and the peak wanders).
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+        for r in range(args.repeats):
+            for i, name in enumerate(VARIANTS):
+                out = subprocess.run([sys.executable, __file__, "--child", str(prepared), str(model_dir), name,
+                                      str(root / f"run{r}-{i}")], capture_output=True, text=True, check=True, env=env)
+                peaks.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
+        peaks = {k: statistics.median(v) for k, v in peaks.items()}
         base = peaks["ssu (plain, full)"]
         print("| component | state held (counted), bytes/param | step peak RSS over plain ssu, bytes/param |")
         print("|---|---:|---:|")

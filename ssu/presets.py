@@ -46,8 +46,8 @@ _add("ssu-stable", "SSU + retain-Fisher mask and damping + alpha calibrated per 
 # Removal toward the never-seen level at ≤ 2 bytes per parameter over plain SSU: α per step
 # is the smallest that brings the removed book down to the greedy ROUGE-L the memorized
 # model gets on held-out text (measured once, at the first step; each calibration window
-# read at 4 offsets for a steadier score), and never lifts a book removed earlier over its
-# bound (constrained calibration); the update is sparser than SSU's default mask (the 2 % of
+# read at 4 offsets for a steadier score), never lifts a book removed earlier over its bound
+# and never takes a retain book under 0.95 x its score (constrained calibration); the update is sparser than SSU's default mask (the 2 % of
 # entries with the largest gradient); the retain protection is one bf16 Fisher (mask +
 # damping, `protect`) and a KL to θ_{t−1} on retain windows whose reference distributions
 # are cached (no model copy). Why these values: experiments/deep/README.md.
@@ -56,7 +56,7 @@ _add("ssu-deep", "SSU calibrated to the never-seen level, earlier books constrai
     "method": {"name": "ssu", "args": {"saliency_density": 0.02}},
     "regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}},
                      {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}],
-    "calibrate": {"enabled": True, "target": "heldout", "margin": 0.0, "earlier": True, "alpha_max": 64.0,
-                  "iterations": 10, "offsets": [0, 10, 20, 30]},
+    "calibrate": {"enabled": True, "target": "heldout", "margin": 0.0, "earlier": True, "alpha_max": 128.0,
+                  "iterations": 11, "offsets": [0, 10, 20, 30], "keep": 0.95},
     "train": {"finetune": "full"},
 })

@@ -34,11 +34,23 @@ SETTINGS = CalibrateSettings(enabled=True, rouge=0.2, alpha_max=8.0, iterations=
 
 
 def _check_record(record: dict, bounds: dict[str, float]) -> None:
-    """The chosen α was measured, and its check is within every bound."""
+    """The chosen α was measured, its check is within every bound, and it is the smallest
+    admissible α tried that reaches the target (when one does)."""
     chosen = [c for c in record["checks"] if c[0] == round(record["alpha"], 6)]
     assert chosen and chosen[-1][2]
     assert all(v <= bounds[b] + 1e-9 for b, v in chosen[-1][1].items())
     assert record["bounds"] == pytest.approx(bounds)
+    if not record.get("constrained"):
+        return
+    limit = min(t[0] for t in record["trials"] if t[1] <= record["target"]) if any(
+        t[1] <= record["target"] for t in record["trials"]) else max(t[0] for t in record["trials"])
+    assert record["alpha"] <= limit + 1e-9  # never above the unconstrained answer
+    reaching = sorted(t[0] for t, c in zip(record["trials"], record["checks"])
+                      if c[2] and t[1] <= record["target"] and t[0] <= limit)
+    if reaching:
+        assert record["reached"] and round(record["alpha"], 6) == reaching[0]
+    else:
+        assert not record["reached"]
 
 
 def test_constrained_calibration_never_lifts_an_earlier_book_over_its_bound():
@@ -53,6 +65,10 @@ def test_constrained_calibration_never_lifts_an_earlier_book_over_its_bound():
     kept = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"r": 1.0 - 0.2 * max(0.0, a - 1.0)}, keep={"r": 0.9})
     assert kept["floors"] == {"r": 0.9} and kept["constrained"] and 1.5 - 8.0 / 2**8 <= kept["alpha"] <= 1.5
     assert [c for c in kept["checks"] if c[0] == round(kept["alpha"], 6)][-1][1]["r"] >= 0.9
+    # a model broken at large α satisfies every bound; the answer still stays below the target's α
+    broken = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"b": 0.25 + 0.1 * max(0.0, a - 2.0) if a < 7 else 0.0},
+                             levels={"b": 0.2})
+    assert broken["constrained"] and broken["alpha"] <= 2.0
     # a bound that does not bind changes nothing
     free = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"b": 0.1}, levels={"b": 0.2})
     plain = calibrate_alpha(now, SETTINGS)
@@ -68,9 +84,8 @@ def test_constrained_calibration_holds_for_non_monotone_books(seed):
     def earlier(a: float) -> dict[str, float]:  # piecewise: rises and falls with α
         return {b: 0.3 + sum(h for k, h in zip(knots, hs) if a >= k) for b, hs in bumps.items()}
 
-    levels = {"b": 0.2, "c": 0.4}
-    record = calibrate_alpha(lambda a: max(0.0, 1.0 - a / rng.uniform(1, 10)), SETTINGS, earlier=earlier,
-                             levels=levels)
+    levels, slope = {"b": 0.2, "c": 0.4}, rng.uniform(1, 10)
+    record = calibrate_alpha(lambda a: max(0.0, 1.0 - a / slope), SETTINGS, earlier=earlier, levels=levels)
     _check_record(record, {b: max(levels[b], earlier(0.0)[b]) for b in levels})
 
 
@@ -109,7 +124,7 @@ def test_heldout_target_is_measured_once_and_earlier_books_are_checked(run_dir):
 def test_the_deep_recipe_is_written_into_the_config(run_dir):
     cfg = json.loads((run_dir(method="ssu-deep") / "config.json").read_text())["config"]
     assert cfg["preset"] == "ssu-deep" and cfg["method"]["name"] == "ssu"
-    assert cfg["calibrate"]["target"] == "heldout" and cfg["calibrate"]["earlier"] is True
+    assert cfg["calibrate"]["target"] == "heldout" and cfg["calibrate"]["earlier"] is True and cfg["calibrate"]["keep"] == 0.95
     assert [r["name"] for r in cfg["regularizers"]] == ["protect", "kl"]
     assert cfg["regularizers"][1]["args"]["reference"] == "cached"
 

@@ -143,10 +143,11 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
         reached = False
     if admissible(hi):
         return done(hi, reached)
-    # The α that reaches the target lifts an earlier book: take the largest admissible α
-    # below it (admissible α = 0 exists by construction of the bounds).
-    ok = max((t[0] for t, c in zip(trials, checks) if c[2] and t[0] < hi), default=0.0)
-    lo = ok
+    # The α that reaches the target lifts an earlier book: look below it only (a larger α
+    # can satisfy every bound by breaking the model), for the largest admissible α
+    # (α = 0 is admissible by construction of the bounds).
+    limit = hi
+    lo = max((t[0] for t, c in zip(trials, checks) if c[2] and t[0] < limit), default=0.0)
     for _ in range(settings.iterations):
         mid = (lo + hi) / 2
         measure(mid)
@@ -154,9 +155,12 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
             lo = mid
         else:
             hi = mid
-    best = min(((t[1], t[0]) for t, c in zip(trials, checks) if c[2]), default=(start, 0.0))
-    alpha = lo if dict((t[0], t[1]) for t in trials)[round(lo, 6)] <= best[0] else best[1]
-    return done(alpha, dict((t[0], t[1]) for t in trials)[round(alpha, 6)] <= target, constrained=True)
+    # Of the admissible α tried below the limit: the smallest that reaches the target, else the
+    # one that comes closest (the smallest of equals).
+    admitted = sorted({(t[0], t[1]) for t, c in zip(trials, checks) if c[2] and t[0] <= limit})
+    reaching = [a for a, s in admitted if s <= target]
+    alpha = reaching[0] if reaching else min(admitted, key=lambda x: (x[1], x[0]))[0]
+    return done(alpha, bool(reaching), constrained=True)
 
 
 def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, sign: int = -1,

