@@ -125,7 +125,7 @@ class CalibrateSettings:
     # bound, max(target, its score at θ_{t-1}) + ``slack`` (constrained calibration).
     earlier: bool = False
     slack: float = 0.0
-    # And hold each retain book at >= keep x its score at θ_{t-1} (None: no floor).
+    # And hold the retain books' mean score at >= keep x its value at θ_{t-1} (None: no floor).
     keep: float | None = None
 
     def __post_init__(self) -> None:

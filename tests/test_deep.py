@@ -38,7 +38,7 @@ def _check_record(record: dict, bounds: dict[str, float]) -> None:
     admissible α tried that reaches the target (when one does)."""
     chosen = [c for c in record["checks"] if c[0] == round(record["alpha"], 6)]
     assert chosen and chosen[-1][2]
-    assert all(v <= bounds[b] + 1e-9 for b, v in chosen[-1][1].items())
+    assert all(v <= bounds[b] + 1e-9 for b, v in chosen[-1][1].items() if b in bounds)
     assert record["bounds"] == pytest.approx(bounds)
     if not record.get("constrained"):
         return
@@ -104,27 +104,31 @@ def test_targets_and_worst_case_scores(synthetic_world):
 
 def test_heldout_target_is_measured_once_and_earlier_books_are_checked(run_dir):
     calibrate = {"enabled": True, "target": "heldout", "margin": 0.05, "shifted": ["tail"], "earlier": True,
-                 "windows": 4, "iterations": 4, "alpha_max": 8.0}
+                 "windows": 4, "iterations": 4, "alpha_max": 8.0, "keep": 0.5}
     run = run_dir(calibrate=calibrate)
     first, second = run_step(run, 1, progress=False), run_step(run, 2, progress=False)
     level = first["calibration"]["never_seen"]
     assert level["measured_at_step"] == 1 and level["shifted"] == ["tail"]
     assert second["calibration"]["never_seen"] == level  # reused, not re-measured on a changed model
     assert first["calibration"]["target"] == pytest.approx(level["level"] + 0.05, abs=1e-6)
-    assert "checks" not in first["calibration"]  # nothing removed before step 1
+    # nothing removed before step 1: only the retain books' floor is checked
+    assert all(set(c[1]) == {"retain"} for c in first["calibration"]["checks"])
+    assert set(first["calibration"]["floors"]) == {"retain"} and not first["calibration"]["bounds"]
     cal = second["calibration"]
     book = first["books"][0]
     # the earlier book is checked on its own calibration windows, never on its audit windows
     ids = {w for _, w in cal["earlier_window_ids"][book]}
     assert ids <= set(first["split"][book]["calibration"]) and not ids & set(first["split"][book]["audit"])
-    assert cal["checks"][0][0] == 0.0 and all(book in c[1] for c in cal["checks"])
+    assert cal["checks"][0][0] == 0.0 and all(book in c[1] and "retain" in c[1] for c in cal["checks"])
     _check_record(cal, cal["bounds"])
+    chosen = [c for c in cal["checks"] if c[0] == round(cal["alpha"], 6)][-1]
+    assert chosen[1]["retain"] >= cal["floors"]["retain"] - 1e-9
 
 
 def test_the_deep_recipe_is_written_into_the_config(run_dir):
     cfg = json.loads((run_dir(method="ssu-deep") / "config.json").read_text())["config"]
     assert cfg["preset"] == "ssu-deep" and cfg["method"]["name"] == "ssu"
-    assert cfg["calibrate"]["target"] == "heldout" and cfg["calibrate"]["earlier"] is True and cfg["calibrate"]["keep"] == 0.95
+    assert cfg["calibrate"]["target"] == "heldout" and cfg["calibrate"]["earlier"] is True and cfg["calibrate"]["keep"] == 0.8 and cfg["calibrate"]["slack"] == 0.05
     assert [r["name"] for r in cfg["regularizers"]] == ["protect", "kl"]
     assert cfg["regularizers"][1]["args"]["reference"] == "cached"
 

@@ -38,13 +38,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-no-kl": ("ssu-deep", {"regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}}]}),
     "deep-no-protect": ("ssu-deep", {"regularizers": [{"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]}),
     "deep-dense": ("ssu-deep", {"method": {"args": {"saliency_density": None}}}),
+    "deep-keep-0.95": ("ssu-deep", {"calibrate": {"keep": 0.95}}),
     "deep-margin-0.1": ("ssu-deep", {"calibrate": {"margin": 0.1}}),
     "deep-margin-0.2": ("ssu-deep", {"calibrate": {"margin": 0.2}}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
 }
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
-        "deep-margin-0.1", "deep-margin-0.2", "ga", "npo"]
+        "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "ga", "npo"]
 
 
 def eval_block(lm_eval: dict | None) -> dict:

@@ -172,13 +172,14 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     ``calibrate.shifted`` says (:mod:`ssu.recipes.targets`). ``level``: the never-seen
     level's record when ``calibrate.target`` is heldout; ``earlier``: book -> calibration
     windows of the books removed before, checked at every α when ``calibrate.earlier``;
-    ``kept``: book -> retain windows, each book held at ``calibrate.keep`` × its greedy score
-    at θ_{t−1} or more when that is set."""
+    ``kept``: group -> retain windows, each group's mean greedy score (from the windows' own
+    prompts, as evaluation scores it) held at ``calibrate.keep`` × its value at θ_{t−1} or more
+    when that is set (the step passes one group, every retain book)."""
     c = cfg.calibrate
     view = AlphaView(model, vector, snapshot, sign)
     windows = sample_windows(windows, c.windows, seed)
     earlier = {b: sample_windows(ws, c.windows, seed) for b, ws in (earlier or {}).items()} if c.earlier else {}
-    kept = {b: sample_windows(ws, c.windows, seed) for b, ws in (kept or {}).items()} if c.keep else {}
+    kept = {b: sample_windows(ws, 4 * c.windows, seed) for b, ws in (kept or {}).items()} if c.keep else {}
     model.eval()
 
     def score(a: float) -> float:
@@ -188,8 +189,8 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     def check(a: float) -> dict[str, float]:  # at the α score() just applied
         seen = {b: mean_score(model, tokenizer, ws, cfg.train.max_length, c.shifted, c.offsets)
                 for b, ws in earlier.items()}
-        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length, offsets=c.offsets)
-                          for b, ws in kept.items()}}
+        # a retain book as evaluation scores it: greedy from its own prompts (memorized: ~1.0)
+        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length) for b, ws in kept.items()}}
 
     # an earlier book's own bar: the absolute target when there is one, else where it is now
     levels = {b: absolute_target(c, 0.0, level) if c.target == "heldout" or c.rouge is not None else 0.0

@@ -221,10 +221,8 @@ def set_targets(setup: StepSetup, model) -> None:
     if cfg.calibrate.earlier:
         setup.earlier_windows = earlier_calibration_windows(
             steps, setup.step, [w for w in rows if w["role"] == "forget"])
-    if cfg.calibrate.keep:
-        for w in rows:
-            if w["role"] == "retain":
-                setup.kept_windows.setdefault(w["book"], []).append(w)
+    if cfg.calibrate.keep:  # one group: the retain books' mean (5 windows a book flip in steps of 0.1)
+        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"]}
 
 
 def trainable(model, cfg: RunConfig):
