@@ -127,6 +127,11 @@ class CalibrateSettings:
     slack: float = 0.0
     # And hold the retain books' mean score at >= keep x its value at θ_{t-1} (None: no floor).
     keep: float | None = None
+    # How α is searched: "bisect" in [0, alpha_max] (iterations steps), or "scan" up a geometric
+    # grid alpha_min, alpha_min x ratio, ... (then iterations bisection steps): the first crossing.
+    search: str = "bisect"
+    alpha_min: float = 0.5
+    ratio: float = 1.25
 
     def __post_init__(self) -> None:
         _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
@@ -134,6 +139,8 @@ class CalibrateSettings:
                "calibrate: alpha_max > 0, iterations >= 0, windows >= 1, fraction in (0, 1], rouge in [0, 1], "
                "share in (0, 1)")
         _check(self.target in ("fraction", "heldout"), "calibrate.target must be fraction or heldout")
+        _check(self.search in ("bisect", "scan") and 0 < self.alpha_min <= self.alpha_max and self.ratio > 1,
+               "calibrate.search must be bisect or scan, 0 < alpha_min <= alpha_max, ratio > 1")
         _check(bool(self.offsets) and all(k >= 0 for k in self.offsets), "calibrate.offsets: words >= 0, at least one")
         _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1),
                "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep in (0, 1]")

@@ -232,3 +232,18 @@ def test_generic_text_joins_the_retain_pool_of_the_regularizers(run_dir, tmp_pat
     assert joined["windows"] == alone["windows"] + 5
     with pytest.raises(SSUError, match="generic.dir: .*does not exist"):
         run_step(run_dir(name="bad", regularizers=reg, generic={"dir": str(tmp_path / "nope")}), 1, progress=False)
+
+
+def test_scan_finds_the_first_crossing_of_a_noisy_score():
+    scan = CalibrateSettings(enabled=True, rouge=0.2, alpha_max=64.0, iterations=4, search="scan", alpha_min=0.5)
+    # falls to the target at α = 4, rises above it again on 5..40, and falls for good after
+    noisy = lambda a: 1.0 - a / 5 if a <= 4 else (0.15 if a < 5 else 0.3 if a < 40 else 0.1)  # noqa: E731
+    record = calibrate_alpha(noisy, scan)
+    assert record["reached"] and 4.0 <= record["alpha"] <= 4.0 + (4.66 - 3.73) / 2**4  # the refined grid step
+    assert calibrate_alpha(noisy, CalibrateSettings(enabled=True, rouge=0.2, alpha_max=64.0))["alpha"] >= 40
+    # a bound that breaks on the way up stops the scan below it
+    held = calibrate_alpha(noisy, scan, earlier=lambda a: {"b": 0.1 + 0.1 * (a > 2.0)}, levels={"b": 0.0})
+    assert held["constrained"] and not held["reached"] and held["alpha"] <= 2.0
+    _check_record(held, held["bounds"])
+    never = calibrate_alpha(lambda a: 0.9, scan)
+    assert not never["reached"] and never["alpha"] == 64.0

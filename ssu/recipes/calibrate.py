@@ -130,6 +130,8 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
 
     if start <= target:  # already there: this step needs no change at all
         return done(0.0, True)
+    if settings.search == "scan":
+        return _scan(measure, admissible, done, trials, checks, target, settings)
     lo, hi = 0.0, settings.alpha_max
     if measure(hi) <= target:
         for _ in range(settings.iterations):
@@ -161,6 +163,35 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     reaching = [a for a, s in admitted if s <= target]
     alpha = reaching[0] if reaching else min(admitted, key=lambda x: (x[1], x[0]))[0]
     return done(alpha, bool(reaching), constrained=True)
+
+
+def _scan(measure, admissible, done, trials, checks, target: float, settings) -> dict:
+    """``calibrate.search: scan``: α up a geometric grid from ``alpha_min`` (× ``ratio``) until
+    the book reaches the target or a bound breaks, then ``iterations`` bisection steps
+    between the last grid point and that one. On a score that is noisy in α (a few windows,
+    greedy decoding) bisection from alpha_max can stop at any crossing; the scan finds the
+    first on the grid, so the step does no more than the target needs."""
+    below, a = 0.0, settings.alpha_min
+    while True:
+        s = measure(a)
+        if not admissible(a) or s <= target:
+            break
+        if a >= settings.alpha_max:
+            return done(a, False)  # never reached within alpha_max, every bound held
+        below, a = a, min(a * settings.ratio, settings.alpha_max)
+    lo, hi = below, a
+    for _ in range(settings.iterations):
+        mid = (lo + hi) / 2
+        above = measure(mid) > target
+        if above and admissible(mid):
+            lo = mid  # still short of the target, every bound held
+        else:
+            hi = mid
+    ok = [c[2] for c in checks] if checks else [True] * len(trials)
+    admitted = sorted({(t[0], t[1]) for t, fine in zip(trials, ok) if fine and t[0] <= round(hi, 6)})
+    reaching = [x for x, y in admitted if y <= target]
+    alpha = reaching[0] if reaching else min(admitted, key=lambda x: (x[1], x[0]))[0]
+    return done(alpha, bool(reaching), **({"constrained": True} if not all(ok) else {}))
 
 
 def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, sign: int = -1,
