@@ -125,30 +125,39 @@ def step_retain_fisher(name: str, model, fs, windows: int, seed: int) -> tuple[d
     return fs.shared[key]
 
 
-def retain_fisher(model, rows, pad_id: int) -> dict[str, torch.Tensor]:
+def retain_fisher(model, rows, pad_id: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Empirical Fisher of the retain ``rows`` at the model's weights: per trainable weight,
-    the mean over rows of g² (g: the gradient of one row's continuation NLL), in float32.
+    the mean over rows of g² (g: the gradient of one row's continuation NLL).
 
     One row per backward, so g is a single window's gradient (the *empirical* Fisher,
-    not the squared mean gradient). No dropout: the Fisher of θ_{t−1} itself.
+    not the squared mean gradient). No dropout: the Fisher of θ_{t−1} itself. Stored in
+    ``dtype``: float32 (summed, then divided), or bfloat16 for ``protect`` -- each row's
+    g²/N added in float32, one tensor at a time, and rounded once per row.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
+    fisher = {n: torch.zeros_like(p, dtype=dtype) for n, p in named}
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    scale = 1.0 / max(len(rows), 1)
     for e in rows:
         model.zero_grad(set_to_none=True)
         batch = make_batch([(e, LEARN)], pad_id).to(device)
         nll, mask = forward_nll(model, batch)
         group_mean_nll(nll, mask, batch, LEARN).backward()
         for n, p in named:
-            if p.grad is not None:
-                fisher[n].add_(p.grad.float().square())
+            if p.grad is None:
+                continue
+            g = p.grad.float()
+            if dtype == torch.float32:
+                fisher[n].add_(g.square())
+            else:
+                fisher[n].copy_(fisher[n].float().addcmul_(g, g, value=scale))
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    for f in fisher.values():
-        f.div_(max(len(rows), 1))
+    if dtype == torch.float32:
+        for f in fisher.values():
+            f.div_(max(len(rows), 1))
     return fisher
 
 

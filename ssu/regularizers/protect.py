@@ -27,10 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
 from ssu.engine.saliency import topk_threshold
 from ssu.errors import SSUError
-from ssu.regularizers.base import REGULARIZERS, Regularizer, require_full, require_retain, sample
+from ssu.regularizers.base import REGULARIZERS, Regularizer, require_full, require_retain, retain_fisher, sample
 
 
 @dataclass
@@ -42,29 +41,6 @@ class ProtectArgs:
     def __post_init__(self) -> None:
         if self.lam < 0 or not 0 <= self.fraction < 1 or self.windows < 1:
             raise SSUError("protect: lam must be >= 0, fraction in [0, 1) and windows >= 1")
-
-
-def bf16_fisher(model, rows, pad_id: int) -> dict[str, torch.Tensor]:
-    """Empirical Fisher of ``rows`` at the model's weights, mean over rows of g², stored in
-    bfloat16: each row's square is added in float32 (one tensor at a time) and rounded."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fisher = {n: torch.zeros_like(p, dtype=torch.bfloat16) for n, p in named}
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    scale = 1.0 / max(len(rows), 1)
-    for e in rows:
-        model.zero_grad(set_to_none=True)
-        batch = make_batch([(e, LEARN)], pad_id).to(device)
-        nll, mask = forward_nll(model, batch)
-        group_mean_nll(nll, mask, batch, LEARN).backward()
-        for n, p in named:
-            if p.grad is not None:
-                g = p.grad.float()
-                fisher[n].copy_(fisher[n].float().addcmul_(g, g, value=scale))
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return fisher
 
 
 @REGULARIZERS.register("protect", description="freeze the top retain-Fisher weights and damp the change by "
@@ -79,7 +55,7 @@ class Protect(Regularizer):
         require_retain(self.name, fs)
         rows = sample(fs.retain, self.args.windows, self.seed + fs.step)
         self.windows = len(rows)
-        self.fisher = bf16_fisher(model, rows, fs.pad_id)
+        self.fisher = retain_fisher(model, rows, fs.pad_id, torch.bfloat16)
         total = sum(float(f.sum(dtype=torch.float64)) for f in self.fisher.values())
         self.mean = total / max(sum(f.numel() for f in self.fisher.values()), 1)
         self.threshold, self.frozen, self.handles = None, 0, []
