@@ -73,8 +73,9 @@ def sample_windows(windows: Sequence[dict], n: int, seed: int) -> list[dict]:
 def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[[float], float] | None = None,
                     earlier: Callable[[float], dict[str, float]] | None = None,
                     levels: dict[str, float] | None = None, keep: dict[str, float] | None = None) -> dict:
-    """Smallest α in [0, alpha_max] (to the bisection's resolution) with ``score(α)`` <= target,
-    among the α that keep every earlier-removed book within its bound.
+    """Smallest α in [0, alpha_max] (to the search's resolution) with ``score(α)`` <= target,
+    among the α that keep every earlier-removed book within its bound: by bisection, or with
+    ``settings.search == "scan"`` the first crossing up a geometric grid (:func:`_scan`).
 
     ``settings``: the run config's ``calibrate`` (:class:`ssu.config.CalibrateSettings`).
     ``score(α)`` applies α and measures the book removed now; ``target(score at α = 0)``
@@ -85,10 +86,10 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     α = 0) + ``settings.slack`` -- it may sit where it is or at its own target, never
     higher -- and a text named in ``keep`` (the retain books, also measured by ``earlier``) the
     floor ``keep[b]`` × its score at α = 0: it may lose at most that share. α = 0 is always
-    admissible. An α whose check puts any book over its bound
-    is never chosen: if the bisection's α is one, a second bisection between the best
-    admissible α tried and it looks for the largest admissible α, and the record says
-    ``constrained``. Returns the record the manifest keeps (chosen α, target, score at
+    admissible. An α whose check puts any book over its bound is never chosen, and the
+    search never goes above the α that reaches the target (a broken model satisfies every
+    bound): if the bisection's α breaks a bound, a second bisection below it looks for the
+    largest admissible α, and the record says ``constrained``. Returns the record the manifest keeps (chosen α, target, score at
     α = 0, reached, every trial as ``[α, score]``, with constraints the bounds and every
     check as ``[α, {book: score}, admissible]``); the model is left at the chosen α.
     """
