@@ -169,7 +169,7 @@ def frontier(table: dict[str, list[dict]], path: Path) -> None:
     ax.axhline(0.90, ls="--", c="grey", lw=1)
     ax.set_xlabel("removed books: largest greedy ROUGE-L over the never-seen level")
     ax.set_ylabel("not yet removed: smallest per-step mean / memorized")
-    ax.set_title("Removal depth vs what else is kept (goal: lower right of the dashes)")
+    ax.set_title("Removal depth vs what else is kept (goal: upper left of the dashes)")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
