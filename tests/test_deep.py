@@ -1,10 +1,14 @@
 """Removal toward the never-seen level (the ``ssu-deep`` recipe's components).
 
 - constrained calibration never accepts an α that lifts an earlier-removed book over its
-  bound (constructed score functions, including non-monotone ones);
+  bound or takes the retain books under their floor (constructed score functions, including
+  non-monotone ones), and never goes above the α that reaches the target; the scan finds the
+  first crossing of a noisy score where bisection finds a later one;
 - the never-seen target is measured once on held-out windows and reused; the earlier
   books are checked on their own calibration windows only;
-- the worst case over prompt variants is at least the greedy score of every window;
+- the worst case over prompt variants is at least the greedy score of every window, and a
+  window read at several offsets scores the mean of its readings;
+- generic text joins the regularizers' retain pool;
 - ``protect``: its bf16 Fisher matches the float32 one, it freezes exactly the entries over
   its threshold, holds 2 bytes per parameter, and moves retained text less than no
   protection;
@@ -100,6 +104,13 @@ def test_targets_and_worst_case_scores(synthetic_world):
     greedy = window_scores(model, tok, windows, 128)
     worst = window_scores(model, tok, windows, 128, ["tail", "earlier", "lower"])
     assert len(worst) == 4 and all(w >= g for w, g in zip(worst, greedy))
+    # offsets: per window, the mean of its readings (each reading scored on its own)
+    from ssu.eval.memorization import rouge_l_scores
+    from ssu.recipes.targets import slide
+
+    later = rouge_l_scores(model, tok, [slide(w, 5) for w in windows], 128)
+    both = window_scores(model, tok, windows, 128, offsets=[0, 5])
+    assert both == pytest.approx([(g + x) / 2 for g, x in zip(greedy, later)])
 
 
 def test_heldout_target_is_measured_once_and_earlier_books_are_checked(run_dir):
@@ -247,3 +258,13 @@ def test_scan_finds_the_first_crossing_of_a_noisy_score():
     _check_record(held, held["bounds"])
     never = calibrate_alpha(lambda a: 0.9, scan)
     assert not never["reached"] and never["alpha"] == 64.0
+
+
+def test_a_window_read_later_is_the_same_text():
+    from ssu.recipes.targets import slide
+
+    w = {"book": "b", "window": 0, "prompt": "a b c d e f", "continuation": "g h i j k l"}
+    later = slide(w, 2)
+    assert later["prompt"] == "c d e f g h" and later["continuation"] == "i j k l"
+    assert (later["prompt"] + " " + later["continuation"]).split() == "c d e f g h i j k l".split()
+    assert slide(w, 99)["continuation"] == "l"  # at least one reference word is left
