@@ -96,7 +96,8 @@ class TrainSettings:
 
 @dataclass
 class CalibrateSettings:
-    """α per step by bisection on the removed book's ROUGE-L (ssu/recipes/calibrate.py)."""
+    """α per step: the smallest that brings the removed book's score to a target
+    (ssu/recipes/calibrate.py); what the score, target and constraints are: ssu/recipes/targets.py."""
 
     enabled: bool = False
     fraction: float = 0.5  # target: ROUGE-L <= fraction x the book's ROUGE-L at θ_{t-1}
@@ -104,32 +105,16 @@ class CalibrateSettings:
     alpha_max: float = 4.0
     iterations: int = 8  # bisection steps: α known to alpha_max / 2**iterations
     windows: int = 16  # per step, sampled from the removed books' windows
-    # End the fine-tune at the first epoch whose vector reaches the target (at alpha_max
-    # when enabled, else at the run's alpha); one process only.
-    early_stop: bool = False
-    # Share of each removed book's windows that calibration and early stop may see; the
-    # rest are its audit windows, on which evaluation reports it (ssu/recipes/calibrate.py).
-    share: float = 0.5
-    # What the target is: "fraction" (x the book's score at θ_{t-1}) or "heldout" (the level
-    # of text never seen -- held-out windows on the memorized model -- plus ``margin``);
-    # ``rouge``, when set, is an absolute target over either (ssu/recipes/targets.py).
-    target: str = "fraction"
+    early_stop: bool = False  # end the fine-tune at the first epoch that reaches the target (one process)
+    share: float = 0.5  # of each removed book's windows for calibration; the rest are its audit windows
+    target: str = "fraction"  # or "heldout": the never-seen level (held-out windows) + margin
     margin: float = 0.0
-    # Prompt variants scored beside the training prompt (ssu/eval/probes/shifted.py names):
-    # a window's score is its worst case over them, for the removed book and the level alike.
-    shifted: list[str] = field(default_factory=list)
-    # Each window also read this many words later (mean over the readings): more samples of
-    # the calibration windows' text for a steadier score; [0] reads each window once.
-    offsets: list[int] = field(default_factory=lambda: [0])
-    # Check the books removed at earlier steps at every α tried: none may end above its
-    # bound, max(target, its score at θ_{t-1}) + ``slack`` (constrained calibration).
-    earlier: bool = False
+    shifted: list[str] = field(default_factory=list)  # prompt variants: a window scores its worst case
+    offsets: list[int] = field(default_factory=lambda: [0])  # a window also read k words later (mean)
+    earlier: bool = False  # earlier books stay <= max(target, their score at θ_{t-1}) + slack
     slack: float = 0.0
-    # And hold the retain books' mean score at >= keep x its value at θ_{t-1} (None: no floor).
-    keep: float | None = None
-    # How α is searched: "bisect" in [0, alpha_max] (iterations steps), or "scan" up a geometric
-    # grid alpha_min, alpha_min x ratio, ... (then iterations bisection steps): the first crossing.
-    search: str = "bisect"
+    keep: float | None = None  # the retain books' mean stays >= keep x its value at θ_{t-1}
+    search: str = "bisect"  # or "scan": up alpha_min x ratio^k to the first crossing, then bisect
     alpha_min: float = 0.5
     ratio: float = 1.25
 

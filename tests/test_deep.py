@@ -90,6 +90,7 @@ def test_constrained_calibration_holds_for_non_monotone_books(seed):
 
     levels, slope = {"b": 0.2, "c": 0.4}, rng.uniform(1, 10)
     record = calibrate_alpha(lambda a: max(0.0, 1.0 - a / slope), SETTINGS, earlier=earlier, levels=levels)
+    assert 0.0 <= record["alpha"] <= SETTINGS.alpha_max
     _check_record(record, {b: max(levels[b], earlier(0.0)[b]) for b in levels})
 
 
