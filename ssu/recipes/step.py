@@ -189,7 +189,6 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     if cfg.calibrate.enabled or cfg.calibrate.early_stop:  # tuned on the book: keep audit windows apart
         setup.split = audit_split(windows, cfg.calibrate.share, cfg.seed + step)
         setup.calibration_windows = calibration_windows(windows, setup.split)
-    if cfg.calibrate.enabled or cfg.calibrate.early_stop:
         set_targets(setup, model)
     if cfg.calibrate.early_stop:
         setup.early = EarlyStop(model, snapshot, setup.calibration_windows, tokenizer, cfg, cfg.seed + step,
@@ -206,8 +205,11 @@ def set_targets(setup: StepSetup, model) -> None:
     from ssu.recipes.targets import earlier_calibration_windows, never_seen_level, recorded_level
 
     cfg, steps = setup.cfg, setup.run.manifest["steps"]
+    heldout_target = cfg.calibrate.target == "heldout" and cfg.calibrate.rouge is None
+    if not (heldout_target or cfg.calibrate.earlier or cfg.calibrate.keep):
+        return
     rows = read_window_rows(cfg.data)
-    if cfg.calibrate.target == "heldout" and cfg.calibrate.rouge is None:
+    if heldout_target:
         setup.level = recorded_level(steps, setup.step)
         if setup.level is None:
             from ssu.recipes.calibrate import sample_windows
