@@ -39,7 +39,8 @@ VARIANTS = {
     "fisher": {"regularizers": [{"name": "fisher", "args": {"lam": 30.0}}]},
     "retain-mask": {"regularizers": [{"name": "retain-mask", "args": {"fraction": 0.05}}]},
     "ssu-stable regularizers (fisher + retain-mask)": {
-        "regularizers": [{"name": "fisher", "args": {"lam": 30.0}}, {"name": "retain-mask", "args": {"fraction": 0.05}}]},
+        "regularizers": [{"name": "fisher", "args": {"lam": 30.0}},
+                         {"name": "retain-mask", "args": {"fraction": 0.05}}]},
     "kl (reference: model)": {"regularizers": [{"name": "kl", "args": {"lam": 10.0}}]},
     "kl (reference: cached)": {"regularizers": [{"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
     "protect": {"regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}}]},
@@ -87,9 +88,9 @@ def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
 
     from ssu.config import RunConfig, load
     from ssu.engine.alpha import AlphaView
+    from ssu.engine.forget_set import build_forget_set
     from ssu.models.loading import load_model, load_tokenizer
     from ssu.recipes.components import build_regularizers, resolve
-    from ssu.engine.forget_set import build_forget_set
     from ssu.recipes.step import step_windows
 
     cfg = resolve(load(RunConfig, {"model": str(model_dir), "data": str(prepared), "device": "cpu",

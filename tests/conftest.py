@@ -127,3 +127,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def retain_nll(model, world) -> float:
+    """Mean continuation NLL of ``world``'s retain windows under ``model`` (how much retained text moved)."""
+    import torch
+
+    from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
+    from ssu.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(world.memorized))
+    fs = forget_set_of(world.prepared, 1, tok, with_random=False, retain=True)
+    with torch.no_grad():
+        batch = make_batch([(e, LEARN) for e in fs.retain], tok.pad_token_id)
+        nll, mask = forward_nll(model, batch)
+        return float(group_mean_nll(nll, mask, batch, LEARN))

@@ -23,7 +23,7 @@ import random
 
 import pytest
 import torch
-from conftest import forget_set_of
+from conftest import forget_set_of, retain_nll
 
 from ssu.config import CalibrateSettings
 from ssu.engine.losses import LEARN, make_batch
@@ -140,7 +140,8 @@ def test_heldout_target_is_measured_once_and_earlier_books_are_checked(run_dir):
 def test_the_deep_recipe_is_written_into_the_config(run_dir):
     cfg = json.loads((run_dir(method="ssu-deep") / "config.json").read_text())["config"]
     assert cfg["preset"] == "ssu-deep" and cfg["method"]["name"] == "ssu"
-    assert cfg["calibrate"]["target"] == "heldout" and cfg["calibrate"]["earlier"] is True and cfg["calibrate"]["keep"] == 0.8 and cfg["calibrate"]["slack"] == 0.05
+    cal = cfg["calibrate"]
+    assert cal["target"] == "heldout" and cal["earlier"] is True and cal["keep"] == 0.8 and cal["slack"] == 0.05
     assert [r["name"] for r in cfg["regularizers"]] == ["protect", "kl"]
     assert cfg["regularizers"][1]["args"]["reference"] == "cached"
 
@@ -180,15 +181,7 @@ def test_protect_fisher_mask_and_memory(synthetic_world):
 
 
 def _retain_nll(run, step: int, world) -> float:
-    from ssu.engine.losses import forward_nll, group_mean_nll
-
-    model = load_composed(RunDir(run), upto=step)
-    tok = load_tokenizer(str(world.memorized))
-    fs = forget_set_of(world.prepared, 1, tok, with_random=False, retain=True)
-    with torch.no_grad():
-        batch = make_batch([(e, LEARN) for e in fs.retain], tok.pad_token_id)
-        nll, mask = forward_nll(model, batch)
-        return float(group_mean_nll(nll, mask, batch, LEARN))
+    return retain_nll(load_composed(RunDir(run), upto=step), world)
 
 
 @pytest.mark.parametrize("regularizer", [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},

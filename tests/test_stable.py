@@ -11,12 +11,10 @@ import json
 
 import pytest
 import torch
-from conftest import forget_set_of
+from conftest import retain_nll as _retain_nll
 
 from ssu.config import CalibrateSettings
-from ssu.engine.losses import LEARN, forward_nll, group_mean_nll, make_batch
 from ssu.errors import SSUError
-from ssu.models.loading import load_tokenizer
 from ssu.recipes.calibrate import calibrate_alpha
 from ssu.recipes.compose import load_composed
 from ssu.recipes.run_dir import RunDir
@@ -41,16 +39,6 @@ def test_unreachable_and_already_reached_targets_are_recorded():
     absolute = CalibrateSettings(enabled=True, rouge=0.95)
     done = calibrate_alpha(lambda a: 0.9, absolute)
     assert done["reached"] and done["alpha"] == 0.0 and done["trials"] == [[0.0, 0.9]]
-
-
-def _retain_nll(model, world) -> float:
-
-    tok = load_tokenizer(str(world.memorized))
-    fs = forget_set_of(world.prepared, 1, tok, with_random=False, retain=True)
-    with torch.no_grad():
-        batch = make_batch([(e, LEARN) for e in fs.retain], tok.pad_token_id)
-        nll, mask = forward_nll(model, batch)
-        return float(group_mean_nll(nll, mask, batch, LEARN))
 
 
 def test_calibrated_step_records_its_alpha_and_is_deterministic(run_dir):

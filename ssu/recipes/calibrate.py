@@ -89,9 +89,10 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     admissible. An α whose check puts any book over its bound is never chosen, and the
     search never goes above the α that reaches the target (a broken model satisfies every
     bound): if the bisection's α breaks a bound, a second bisection below it looks for the
-    largest admissible α, and the record says ``constrained``. Returns the record the manifest keeps (chosen α, target, score at
-    α = 0, reached, every trial as ``[α, score]``, with constraints the bounds and every
-    check as ``[α, {book: score}, admissible]``); the model is left at the chosen α.
+    largest admissible α, and the record says ``constrained``. Returns the record the
+    manifest keeps (chosen α, target, score at α = 0, reached, every trial as ``[α, score]``,
+    with constraints the bounds and every check as ``[α, {book: score}, admissible]``); the
+    model is left at the chosen α.
     """
     trials: list[list[float]] = []
     checks: list[list] = []
@@ -211,6 +212,7 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     view = AlphaView(model, vector, snapshot, sign)
     windows = sample_windows(windows, c.windows, seed)
     earlier = {b: sample_windows(ws, c.windows, seed) for b, ws in (earlier or {}).items()} if c.earlier else {}
+    # a group is several books: up to 4 x windows of them
     kept = {b: sample_windows(ws, 4 * c.windows, seed) for b, ws in (kept or {}).items()} if c.keep else {}
     model.eval()
 
