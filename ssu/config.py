@@ -167,14 +167,16 @@ class EvalSettings:
 
 @dataclass
 class GenericSettings:
-    """A pool of general text the regularizers protect beside the retain books (the model owner
-    always has some); ``ssu/recipes/step.py`` cuts ``windows`` of it like the books."""
+    """What the regularizers protect beside the retain books (ssu/recipes/pool.py): ``windows``
+    windows of general text from ``dir``, and ``others`` calibration-side windows of each book
+    not yet removed (the owner's other memorized text; graded then on its audit side only)."""
 
     dir: str | None = None
     windows: int = 64
+    others: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.windows >= 1, "generic.windows must be >= 1")
+        _check(self.windows >= 1 and self.others >= 0, "generic.windows must be >= 1 and generic.others >= 0")
 
 
 @dataclass

@@ -32,11 +32,13 @@ def audit_windows(run: RunDir) -> dict[str, set[int]]:
 def evaluation_windows(run: RunDir, step: int) -> list[dict]:
     """Windows to score after ``step``, each tagged with its set (and, in removed sets, ``audit``)."""
     from data_prep import load_schedule, read_window_rows
+    from ssu.recipes.pool import other_audit
 
     cfg = run.config
     schedule = load_schedule(cfg.data)
+    audit = {**other_audit(cfg, step), **audit_windows(run)}  # books not yet removed: pooled ones' audit side
     ctx = SetContext(step, read_window_rows(cfg.data),
-                     {b: s for s, books in schedule["steps"].items() for b in books}, cfg, audit_windows(run))
+                     {b: s for s, books in schedule["steps"].items() for b in books}, cfg, audit)
     return select_windows(cfg, ctx)
 
 

@@ -38,6 +38,7 @@ from ssu.models.loading import load_tokenizer, resolve_device, resolve_dtype
 from ssu.recipes.calibrate import EarlyStop, audit_split, calibrate_step, calibration_windows
 from ssu.recipes.components import build_method, build_regularizers, method_label
 from ssu.recipes.compose import load_composed
+from ssu.recipes.pool import generic_windows, other_windows
 from ssu.recipes.run_dir import VECTOR, RunDir
 from ssu.regularizers import Regularized, Regularizer
 from ssu.vectors import LoraTaskVector, TaskVector
@@ -125,20 +126,6 @@ def step_windows(data: str | Path, step: int) -> tuple[list[str], list[dict], li
             [w for w in forget if w["book"] in earlier_books])
 
 
-def generic_windows(cfg: RunConfig) -> list[dict]:
-    """``generic.windows`` windows of the generic text (seeded), cut like the prepared books."""
-    from data_prep import load_generic, load_schedule
-    from data_prep.errors import PrepError
-
-    sched = load_schedule(cfg.data)
-    try:
-        pool = load_generic(cfg.generic.dir, sched["prompt_words"], sched["continuation_words"],
-                            pool=cfg.generic.windows, heldout=0, seed=cfg.seed)
-    except PrepError as e:
-        raise SSUError(f"generic.dir: {e}") from None
-    return [{**w, "role": "retain"} for w in pool.train]
-
-
 def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     cfg = run.config
     if procs.sharded and cfg.calibrate.enabled:  # it generates on the main process alone
@@ -161,8 +148,9 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     model = load_composed(run, upto=step - 1, device=dev)
     books, windows, retain, earlier = step_windows(cfg.data, step)
     wants_retain = method.needs_retain or any(r.needs_retain for r in regularizers)
-    if wants_retain and cfg.generic.dir:
-        retain = retain + generic_windows(cfg)
+    if wants_retain:  # ssu/recipes/pool.py: generic text, the other books' calibration sides
+        retain = retain + (generic_windows(cfg) if cfg.generic.dir else []) + \
+            [w for ws in other_windows(cfg, step).values() for w in ws]
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
                           with_random=method.uses_random_labels, retain=retain if wants_retain else None,
                           earlier=earlier if any(r.needs_earlier for r in regularizers) else None,
@@ -223,8 +211,9 @@ def set_targets(setup: StepSetup, model) -> None:
     if cfg.calibrate.earlier:
         setup.earlier_windows = earlier_calibration_windows(
             steps, setup.step, [w for w in rows if w["role"] == "forget"])
-    if cfg.calibrate.keep:  # one group: the retain books' mean (5 windows a book flip in steps of 0.1)
-        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"]}
+    if cfg.calibrate.keep:  # the retain books' mean (5 windows a book flip in steps of 0.1), each pooled book
+        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"],
+                              **other_windows(cfg, setup.step, rows)}
 
 
 def trainable(model, cfg: RunConfig):

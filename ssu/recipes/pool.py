@@ -1,0 +1,78 @@
+"""A step's retain pool beyond the retain books: generic text and the owner's other memorized text.
+
+The regularizers (``protect``, ``kl``, ...) keep what their retain pool covers, and the
+calibration floor (``calibrate.keep``) checks it. The retain books alone are a narrow pool:
+in the demo world removing a book at never-seen depth keeps the retain books (0.85 of
+memorized) but not the other books (0.50, seed 1, step 1). Two sources widen it:
+
+- ``generic.dir``: general text the model owner always has, cut like the books;
+- ``generic.others``: windows of every book *not yet removed* -- the owner's own training
+  data, of which some is memorized -- taken only from the **calibration side** of the
+  split that book's own step will use (``audit_split`` with that step's seed). Their audit
+  side is never seen by any component of the recipe, and evaluation then grades those books
+  on it alone (:func:`other_audit`), so the "not yet removed" column stays a measurement on
+  text the recipe never touched. The same windows also join the calibration floor, one
+  group per book.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ssu.config import RunConfig
+from ssu.errors import SSUError
+
+
+def generic_windows(cfg: RunConfig) -> list[dict]:
+    """``generic.windows`` windows of the generic text (seeded), cut like the prepared books."""
+    from data_prep import load_generic, load_schedule
+    from data_prep.errors import PrepError
+
+    sched = load_schedule(cfg.data)
+    try:
+        pool = load_generic(cfg.generic.dir, sched["prompt_words"], sched["continuation_words"],
+                            pool=cfg.generic.windows, heldout=0, seed=cfg.seed)
+    except PrepError as e:
+        raise SSUError(f"generic.dir: {e}") from None
+    return [{**w, "role": "retain"} for w in pool.train]
+
+
+def other_splits(cfg: RunConfig, step: int, rows: list[dict] | None = None) -> dict[str, dict]:
+    """book -> the calibration/audit split its own (later) step will record, for every book not
+    yet removed after ``step``; empty unless ``generic.others``."""
+    from data_prep import load_schedule, read_window_rows
+    from ssu.recipes.calibrate import audit_split
+
+    if not cfg.generic.others:
+        return {}
+    step_of = {b: s for s, books in load_schedule(cfg.data)["steps"].items() for b in books}
+    rows = read_window_rows(cfg.data) if rows is None else rows
+    out = {}
+    for book in sorted({b for b, s in step_of.items() if s > step}):
+        windows = [w for w in rows if w["role"] == "forget" and w["book"] == book]
+        out.update(audit_split(windows, cfg.calibrate.share, cfg.seed + step_of[book]))
+    return out
+
+
+def other_windows(cfg: RunConfig, step: int, rows: list[dict] | None = None) -> dict[str, list[dict]]:
+    """book -> up to ``generic.others`` of its calibration-side windows (seeded), as retain rows,
+    for every book not yet removed after ``step``."""
+    from data_prep import read_window_rows
+
+    rows = read_window_rows(cfg.data) if rows is None else rows
+    out = {}
+    for book, split in other_splits(cfg, step, rows).items():
+        cal = set(split["calibration"]) if not split["short"] else set()
+        ws = [{**w, "role": "retain"} for w in rows
+              if w["role"] == "forget" and w["book"] == book and int(w["window"]) in cal]
+        if len(ws) > cfg.generic.others:
+            ws = random.Random(f"{cfg.seed + step}:{book}").sample(ws, cfg.generic.others)
+        if ws:
+            out[book] = ws
+    return out
+
+
+def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:
+    """book -> audit windows of the books not yet removed after ``step`` whose calibration side
+    joined the pool (evaluation grades them there only)."""
+    return {b: set(s["audit"]) for b, s in other_splits(cfg, step).items() if not s["short"]}
