@@ -43,11 +43,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-margin-0.2": ("ssu-deep", {"calibrate": {"margin": 0.2}}),
     # the owner's other memorized text: each book not yet removed, on its calibration side (ssu/recipes/pool.py)
     "deep-others": ("ssu-deep", {"generic": {"others": 64}}),
+    "deep-others-keep-0.9": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"keep": 0.9}}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
 }
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
-        "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "ga", "npo"]
+        "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-keep-0.9", "ga",
+        "npo"]
 
 
 def eval_block(lm_eval: dict | None) -> dict:
