@@ -159,18 +159,19 @@ def frontier(table: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, runs in sorted(table.items()):
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
+    colors, markers = plt.get_cmap("tab20").colors, "os^Dv<>P*Xh"
+    for i, (name, runs) in enumerate(sorted(table.items())):  # a colour and a marker per variant
         xs = [r["greedy_excess"] for r in runs if r.get("future_mean") is not None]
         ys = [r["future_mean"] for r in runs if r.get("future_mean") is not None]
         if xs:
-            ax.scatter(xs, ys, label=name, s=28)
+            ax.scatter(xs, ys, label=name, s=30, color=colors[i % 20], marker=markers[i % len(markers)])
     ax.axvline(0.05, ls="--", c="grey", lw=1)
     ax.axhline(0.90, ls="--", c="grey", lw=1)
     ax.set_xlabel("removed books: largest greedy ROUGE-L over the never-seen level")
     ax.set_ylabel("not yet removed: smallest per-step mean / memorized")
     ax.set_title("Removal depth vs what else is kept (goal: upper left of the dashes)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -2,8 +2,8 @@
 
 The regularizers (``protect``, ``kl``, ...) keep what their retain pool covers, and the
 calibration floor (``calibrate.keep``) checks it. The retain books alone are a narrow pool:
-in the demo world removing a book at never-seen depth keeps the retain books (0.85 of
-memorized) but not the other books (0.50, seed 1, step 1). Two sources widen it:
+in the demo world removing a book at never-seen depth kept the retain books (0.87 of
+memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
 
 - ``generic.dir``: general text the model owner always has, cut like the books;
 - ``generic.others``: windows of every book *not yet removed* -- the owner's own training
