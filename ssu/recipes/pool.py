@@ -11,10 +11,8 @@ memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
   split that book's own step will use (``audit_split`` with that step's seed). Their audit
   side is never seen by any component of the recipe, and evaluation then grades those books
   on it alone (:func:`other_audit`), so the "not yet removed" column stays a measurement on
-  text the recipe never touched. The same windows also get a calibration floor, one group
-  over all of them (:data:`NOT_YET_REMOVED`): each book has 2-3 calibration windows in the
-  worlds measured, and a floor per book broke on one flipped window -- at α 1.5, and the step
-  then took α 0 (demo world, seed 0, step 3, ``protect`` λ 100).
+  text the recipe never touched. The same windows also join the calibration floor, one
+  group per book.
 """
 
 from __future__ import annotations
@@ -23,8 +21,6 @@ import random
 
 from ssu.config import RunConfig
 from ssu.errors import SSUError
-
-NOT_YET_REMOVED = "not yet removed"  # the calibration floor's group of every pooled window
 
 
 def generic_windows(cfg: RunConfig) -> list[dict]:

@@ -38,7 +38,7 @@ from ssu.models.loading import load_tokenizer, resolve_device, resolve_dtype
 from ssu.recipes.calibrate import EarlyStop, audit_split, calibrate_step, calibration_windows
 from ssu.recipes.components import build_method, build_regularizers, method_label
 from ssu.recipes.compose import load_composed
-from ssu.recipes.pool import NOT_YET_REMOVED, generic_windows, other_windows
+from ssu.recipes.pool import generic_windows, other_windows
 from ssu.recipes.run_dir import VECTOR, RunDir
 from ssu.regularizers import Regularized, Regularizer
 from ssu.vectors import LoraTaskVector, TaskVector
@@ -211,11 +211,9 @@ def set_targets(setup: StepSetup, model) -> None:
     if cfg.calibrate.earlier:
         setup.earlier_windows = earlier_calibration_windows(
             steps, setup.step, [w for w in rows if w["role"] == "forget"])
-    if cfg.calibrate.keep:  # groups' means: a 5-window book flips in steps of 0.1, so no per-book floors
-        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"]}
-        pooled = [w for ws in other_windows(cfg, setup.step, rows).values() for w in ws]
-        if pooled:  # generic.others: the books not yet removed, on their calibration sides
-            setup.kept_windows[NOT_YET_REMOVED] = pooled
+    if cfg.calibrate.keep:  # the retain books' mean (5 windows a book flip in steps of 0.1), each pooled book
+        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"],
+                              **other_windows(cfg, setup.step, rows)}
 
 
 def trainable(model, cfg: RunConfig):
