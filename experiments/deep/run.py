@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-margin-0.2": ("ssu-deep", {"calibrate": {"margin": 0.2}}),
     # the owner's other memorized text: each book not yet removed, on its calibration side (ssu/recipes/pool.py)
     "deep-others": ("ssu-deep", {"generic": {"others": 64}}),
+    "deep-others-keep-0.9": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"keep": 0.9}}),
     "deep-others-l100": ("ssu-deep", {"generic": {"others": 64}, "regularizers": [
         {"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]}),
@@ -53,7 +54,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
         "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
-        "deep-others-wide", "ga", "npo"]
+        "deep-others-keep-0.9", "deep-others-wide", "ga", "npo"]
 
 
 def eval_block(lm_eval: dict | None) -> dict:

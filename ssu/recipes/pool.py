@@ -12,7 +12,9 @@ memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
   side is never seen by any component of the recipe, and evaluation then grades those books
   on it alone (:func:`other_audit`), so the "not yet removed" column stays a measurement on
   text the recipe never touched. The same windows also join the calibration floor, one
-  group per book.
+  group per book. With 2-3 calibration windows a book (the worlds measured) such a floor can
+  break on one flipped window and refuse the step (α 0); one floor over all pooled windows
+  was tried and kept less (experiments/deep/README.md): a mean lets one book go.
 """
 
 from __future__ import annotations
