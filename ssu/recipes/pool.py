@@ -56,12 +56,14 @@ def other_splits(cfg: RunConfig, step: int, rows: list[dict] | None = None) -> d
     return out
 
 
-def other_windows(cfg: RunConfig, step: int, rows: list[dict] | None = None) -> dict[str, list[dict]]:
+def other_windows(cfg: RunConfig, step: int) -> dict[str, list[dict]]:
     """book -> up to ``generic.others`` of its calibration-side windows (seeded), as retain rows,
-    for every book not yet removed after ``step``."""
+    for every book not yet removed after ``step``; empty unless ``generic.others``."""
     from data_prep import read_window_rows
 
-    rows = read_window_rows(cfg.data) if rows is None else rows
+    if not cfg.generic.others:
+        return {}
+    rows = read_window_rows(cfg.data)
     out = {}
     for book, split in other_splits(cfg, step, rows).items():
         cal = set(split["calibration"]) if not split["short"] else set()

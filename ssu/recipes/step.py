@@ -66,6 +66,7 @@ class StepSetup:
     level: dict | None = None  # the never-seen level calibration aims at (calibrate.target: heldout)
     earlier_windows: dict[str, list[dict]] = field(default_factory=dict)  # constrained calibration
     kept_windows: dict[str, list[dict]] = field(default_factory=dict)  # retain books' floors (calibrate.keep)
+    pooled: dict[str, list[dict]] = field(default_factory=dict)  # generic.others: book -> its pooled windows
     early: EarlyStop | None = None
     seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -148,9 +149,9 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     model = load_composed(run, upto=step - 1, device=dev)
     books, windows, retain, earlier = step_windows(cfg.data, step)
     wants_retain = method.needs_retain or any(r.needs_retain for r in regularizers)
-    if wants_retain:  # ssu/recipes/pool.py: generic text, the other books' calibration sides
-        retain = retain + (generic_windows(cfg) if cfg.generic.dir else []) + \
-            [w for ws in other_windows(cfg, step).values() for w in ws]
+    pooled = other_windows(cfg, step)  # ssu/recipes/pool.py: the other books' calibration sides
+    if wants_retain:
+        retain = retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
                           with_random=method.uses_random_labels, retain=retain if wants_retain else None,
                           earlier=earlier if any(r.needs_earlier for r in regularizers) else None,
@@ -173,7 +174,7 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
         snapshot = procs.snapshot(model)
     setup = StepSetup(run=run, cfg=cfg, step=step, procs=procs, tokenizer=tokenizer, model=model,
                       snapshot=snapshot, method=method, regularizers=regularizers, fs=fs, reference=reference,
-                      started=started)
+                      started=started, pooled=pooled)
     if cfg.calibrate.enabled or cfg.calibrate.early_stop:  # tuned on the book: keep audit windows apart
         setup.split = audit_split(windows, cfg.calibrate.share, cfg.seed + step)
         setup.calibration_windows = calibration_windows(windows, setup.split)
@@ -212,8 +213,7 @@ def set_targets(setup: StepSetup, model) -> None:
         setup.earlier_windows = earlier_calibration_windows(
             steps, setup.step, [w for w in rows if w["role"] == "forget"])
     if cfg.calibrate.keep:  # the retain books' mean (5 windows a book flip in steps of 0.1), each pooled book
-        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"],
-                              **other_windows(cfg, setup.step, rows)}
+        setup.kept_windows = {"retain": [w for w in rows if w["role"] == "retain"], **setup.pooled}
 
 
 def trainable(model, cfg: RunConfig):
