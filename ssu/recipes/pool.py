@@ -60,20 +60,19 @@ def other_windows(cfg: RunConfig, step: int) -> dict[str, list[dict]]:
     """book -> up to ``generic.others`` of its calibration-side windows (seeded), as retain rows,
     for every book not yet removed after ``step``; empty unless ``generic.others``."""
     from data_prep import read_window_rows
+    from ssu.recipes.calibrate import calibration_windows
 
     if not cfg.generic.others:
         return {}
     rows = read_window_rows(cfg.data)
-    out = {}
-    for book, split in other_splits(cfg, step, rows).items():
-        cal = set(split["calibration"]) if not split["short"] else set()
-        ws = [{**w, "role": "retain"} for w in rows
-              if w["role"] == "forget" and w["book"] == book and int(w["window"]) in cal]
-        if len(ws) > cfg.generic.others:
-            ws = random.Random(f"{cfg.seed + step}:{book}").sample(ws, cfg.generic.others)
-        if ws:
-            out[book] = ws
-    return out
+    # a short book keeps no side apart (its audit windows are its calibration ones): not pooled
+    splits = {b: sp for b, sp in other_splits(cfg, step, rows).items() if not sp["short"]}
+    by_book: dict[str, list[dict]] = {}
+    for w in calibration_windows([w for w in rows if w["role"] == "forget" and w["book"] in splits], splits):
+        by_book.setdefault(w["book"], []).append({**w, "role": "retain"})
+    return {b: ws if len(ws) <= cfg.generic.others else
+            random.Random(f"{cfg.seed + step}:{b}").sample(ws, cfg.generic.others)
+            for b, ws in sorted(by_book.items())}
 
 
 def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:
