@@ -114,6 +114,7 @@ class CalibrateSettings:
     earlier: bool = False  # earlier books stay <= max(target, their score at θ_{t-1}) + slack
     slack: float = 0.0
     keep: float | None = None  # the retain books' mean stays >= keep x its value at θ_{t-1}
+    keep_offsets: list[int] = field(default_factory=lambda: [0])  # each floor window read k words later too (mean)
     search: str = "bisect"  # or "scan": up alpha_min x ratio^k to the first crossing, then bisect
     alpha_min: float = 0.5
     ratio: float = 1.25
@@ -126,7 +127,8 @@ class CalibrateSettings:
         _check(self.target in ("fraction", "heldout"), "calibrate.target must be fraction or heldout")
         _check(self.search in ("bisect", "scan") and 0 < self.alpha_min <= self.alpha_max and self.ratio > 1,
                "calibrate.search must be bisect or scan, 0 < alpha_min <= alpha_max, ratio > 1")
-        _check(bool(self.offsets) and all(k >= 0 for k in self.offsets), "calibrate.offsets: words >= 0, at least one")
+        _check(all(bool(o) and min(o) >= 0 for o in (self.offsets, self.keep_offsets)),
+               "calibrate.offsets and calibrate.keep_offsets: words >= 0, at least one")
         _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1),
                "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep in (0, 1]")
 

@@ -2,15 +2,16 @@
 
 Pinned here: the pooled windows are exactly the calibration side of the split each book's own
 step later records (so its audit side is never seen by the recipe); the calibration floor gets
-one group per pooled book; evaluation grades a pooled book on its audit side only; and the
-pool moves the books not yet removed less than the retain books alone do, at the same α
-(``protect``: its Fisher then covers them).
+one group per pooled book, each window read at ``calibrate.keep_offsets``; evaluation grades a
+pooled book on its audit side only; and the pool moves the books not yet removed less than the
+retain books alone do, at the same α (``protect``: its Fisher then covers them).
 """
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import forget_set_of
 
@@ -22,6 +23,7 @@ from ssu.recipes.eval_windows import evaluation_windows
 from ssu.recipes.pool import other_splits, other_windows
 from ssu.recipes.run_dir import RunDir
 from ssu.recipes.step import run_step
+from ssu.recipes.targets import mean_score
 
 PROTECT = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05, "windows": 64}}]
 
@@ -73,3 +75,21 @@ def test_the_pool_moves_books_not_yet_removed_less(run_dir, synthetic_world):
                      for t, b in base.items()} for r in (alone, pooled)}
     for t in base:  # measured 2.8x less on both books
         assert hurt["alone"][t] > 0 and hurt["pooled"][t] < 0.6 * hurt["alone"][t], hurt
+
+
+def test_floors_read_each_window_at_keep_offsets(run_dir, synthetic_world):
+    # with 2-3 windows a book one flipped continuation moves a floor by 0.4; read at several offsets
+    # it moves by a share of that. The floor at α = 0 is the mean over every reading of every window.
+    run = run_dir(name="steady", regularizers=PROTECT, generic={"others": 3},
+                  calibrate={"enabled": True, "rouge": 0.2, "keep": 0.8, "keep_offsets": [0, 7, 15],
+                             "iterations": 1, "alpha_max": 2.0})
+    cal = run_step(run, 1, progress=False)["calibration"]
+    cfg = RunDir(run).config
+    rows = {(w["book"], w["window"]): w for w in read_window_rows(cfg.data)}
+    model = load_composed(RunDir(run), upto=0)
+    tok = load_tokenizer(str(synthetic_world.memorized))
+    for group, ids in cal["kept_window_ids"].items():
+        ws = [rows[(b, i)] for b, i in ids]
+        steady = mean_score(model, tok, ws, cfg.train.max_length, offsets=[0, 7, 15])
+        assert cal["checks"][0][1][group] == pytest.approx(steady, abs=1e-6)
+        assert cal["floors"][group] == pytest.approx(0.8 * steady, abs=1e-6)

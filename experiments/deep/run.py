@@ -47,6 +47,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-others-l100": ("ssu-deep", {"generic": {"others": 64}, "regularizers": [
         {"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]}),
+    # every floor window also read 10, 20 and 30 words later: one window's flip moves its book's floor a quarter as far
+    "deep-others-steady": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"keep_offsets": [0, 10, 20, 30]}}),
     # the pretrained world needs α beyond 128 to reach the never-seen level at all
     "deep-others-wide": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"alpha_max": 1024.0}}),
     "ga": ("ga", {}),
@@ -54,7 +56,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
         "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
-        "deep-others-keep-0.9", "deep-others-wide", "ga", "npo"]
+        "deep-others-keep-0.9", "deep-others-steady", "deep-others-wide", "ga", "npo"]
 
 
 def eval_block(lm_eval: dict | None) -> dict:

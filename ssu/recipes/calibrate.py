@@ -206,8 +206,9 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     level's record when ``calibrate.target`` is heldout; ``earlier``: book -> calibration
     windows of the books removed before, checked at every α when ``calibrate.earlier``;
     ``kept``: group -> retain windows, each group's mean greedy score (from the windows' own
-    prompts, as evaluation scores it) held at ``calibrate.keep`` × its value at θ_{t−1} or more
-    when that is set (the step passes one group, every retain book)."""
+    prompts, as evaluation scores it, each window also read at ``calibrate.keep_offsets``) held at
+    ``calibrate.keep`` × its value at θ_{t−1} or more when that is set (the step passes one group,
+    every retain book, and with ``generic.others`` one per book not yet removed)."""
     c = cfg.calibrate
     view = AlphaView(model, vector, snapshot, sign)
     windows = sample_windows(windows, c.windows, seed)
@@ -223,8 +224,11 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     def check(a: float) -> dict[str, float]:  # at the α score() just applied
         seen = {b: mean_score(model, tokenizer, ws, cfg.train.max_length, c.shifted, c.offsets)
                 for b, ws in earlier.items()}
-        # a retain book as evaluation scores it: greedy from its own prompts (memorized: ~1.0)
-        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length) for b, ws in kept.items()}}
+        # a kept book as evaluation scores it: greedy from its own prompts (memorized: ~1.0), each
+        # window also read at keep_offsets: with 2-3 windows a book, one window's greedy continuation
+        # flipping moves a single reading by 0.4, and the floor would refuse a harmless α
+        return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length, offsets=c.keep_offsets)
+                           for b, ws in kept.items()}}
 
     # an earlier book's own bar: the absolute target when there is one, else where it is now
     levels = {b: absolute_target(c, 0.0, level) if c.target == "heldout" or c.rouge is not None else 0.0
