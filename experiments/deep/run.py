@@ -29,6 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "stable"))
 
 STEPS = {"demo": 3, "gutenberg": 6, "pretrained": 4}
+POOL = {"others": 64}
+STEADY = {"keep_offsets": [0, 10, 20, 30]}
+L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
+        {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 # name -> (method or preset, overrides). The ablations each take one component out of ssu-deep.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ssu": ("ssu", {}),
@@ -42,21 +46,21 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-margin-0.1": ("ssu-deep", {"calibrate": {"margin": 0.1}}),
     "deep-margin-0.2": ("ssu-deep", {"calibrate": {"margin": 0.2}}),
     # the owner's other memorized text: each book not yet removed, on its calibration side (ssu/recipes/pool.py)
-    "deep-others": ("ssu-deep", {"generic": {"others": 64}}),
-    "deep-others-keep-0.9": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"keep": 0.9}}),
-    "deep-others-l100": ("ssu-deep", {"generic": {"others": 64}, "regularizers": [
-        {"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
-        {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]}),
-    # every floor window also read 10, 20 and 30 words later: one window's flip moves its book's floor a quarter as far
-    "deep-others-steady": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"keep_offsets": [0, 10, 20, 30]}}),
+    "deep-others": ("ssu-deep", {"generic": POOL}),
+    "deep-others-keep-0.9": ("ssu-deep", {"generic": POOL, "calibrate": {"keep": 0.9}}),
+    "deep-others-l100": ("ssu-deep", {"generic": POOL, "regularizers": L100}),
+    # every floor window also read 10, 20 and 30 words later (calibrate.keep_offsets): more readings a book
+    "deep-others-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY}),
+    "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
     # the pretrained world needs α beyond 128 to reach the never-seen level at all
-    "deep-others-wide": ("ssu-deep", {"generic": {"others": 64}, "calibrate": {"alpha_max": 1024.0}}),
+    "deep-others-wide": ("ssu-deep", {"generic": POOL, "calibrate": {"alpha_max": 1024.0}}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
 }
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
         "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
-        "deep-others-keep-0.9", "deep-others-steady", "deep-others-wide", "ga", "npo"]
+        "deep-others-keep-0.9", "deep-others-steady", "deep-others-l100-steady",
+        "deep-others-wide", "ga", "npo"]
 
 
 def eval_block(lm_eval: dict | None) -> dict:
