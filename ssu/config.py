@@ -118,6 +118,7 @@ class CalibrateSettings:
     search: str = "bisect"  # or "scan": up alpha_min x ratio^k to the first crossing, then bisect
     alpha_min: float = 0.5
     ratio: float = 1.25
+    patience: int = 0  # scan: grid points in a row whose check fails that it steps over (needs keep: floors)
 
     def __post_init__(self) -> None:
         _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
@@ -127,6 +128,8 @@ class CalibrateSettings:
         _check(self.target in ("fraction", "heldout"), "calibrate.target must be fraction or heldout")
         _check(self.search in ("bisect", "scan") and 0 < self.alpha_min <= self.alpha_max and self.ratio > 1,
                "calibrate.search must be bisect or scan, 0 < alpha_min <= alpha_max, ratio > 1")
+        _check(self.patience == 0 or (self.patience > 0 and self.search == "scan" and self.keep is not None),
+               "calibrate.patience: >= 0, and only with search: scan and keep (floors guard a broken model)")
         _check(all(bool(o) and min(o) >= 0 for o in (self.offsets, self.keep_offsets)),
                "calibrate.offsets and calibrate.keep_offsets: words >= 0, at least one")
         _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1),

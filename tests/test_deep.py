@@ -3,7 +3,8 @@
 - constrained calibration never accepts an α that lifts an earlier-removed book over its
   bound or takes the retain books under their floor (constructed score functions, including
   non-monotone ones), and never goes above the α that reaches the target; the scan finds the
-  first crossing of a noisy score where bisection finds a later one;
+  first crossing of a noisy score where bisection finds a later one, and with ``patience``
+  steps over an isolated violation but never past a lasting one;
 - the never-seen target is measured once on held-out windows and reused; the earlier
   books are checked on their own calibration windows only;
 - the worst case over prompt variants is at least the greedy score of every window, and a
@@ -27,6 +28,7 @@ from conftest import forget_set_of, retain_nll
 
 from ssu.config import CalibrateSettings
 from ssu.engine.losses import LEARN, make_batch
+from ssu.errors import SSUError
 from ssu.models.loading import load_model, load_tokenizer
 from ssu.recipes.calibrate import calibrate_alpha
 from ssu.recipes.compose import load_composed
@@ -252,6 +254,30 @@ def test_scan_finds_the_first_crossing_of_a_noisy_score():
     _check_record(held, held["bounds"])
     never = calibrate_alpha(lambda a: 0.9, scan)
     assert not never["reached"] and never["alpha"] == 64.0
+
+
+def test_scan_patience_steps_over_an_isolated_violation_and_never_past_a_lasting_one():
+    scan = dict(enabled=True, rouge=0.2, alpha_max=64.0, iterations=4, search="scan", alpha_min=0.5, keep=0.8)
+    now = lambda a: max(0.0, 1.0 - a / 4)  # noqa: E731 -- reaches 0.2 at α = 3.2
+    # an earlier book over its bound 0.25 on [0.9, 1.3] only (grid points 0.98 and 1.22: one flipped window)
+    blip = lambda a: {"b": 0.3 if 0.9 <= a <= 1.3 else 0.2}  # noqa: E731
+    refused = calibrate_alpha(now, CalibrateSettings(**scan), earlier=blip, levels={"b": 0.2})
+    assert refused["constrained"] and not refused["reached"] and refused["alpha"] < 0.9
+    stepped = calibrate_alpha(now, CalibrateSettings(**scan, patience=2), earlier=blip, levels={"b": 0.2})
+    assert stepped["reached"] and 3.2 <= stepped["alpha"] <= 3.2 + (3.73 - 2.98) / 2**4
+    chosen = [c for c in stepped["checks"] if c[0] == round(stepped["alpha"], 6)][-1]
+    assert chosen[2] and chosen[1]["b"] <= 0.25  # the α taken is one whose own check held
+    assert calibrate_alpha(now, CalibrateSettings(**scan, patience=1), earlier=blip,
+                           levels={"b": 0.2})["alpha"] < 0.9  # two failed points in a row: one is not enough
+    # a floor broken for good from α 1 on (a model losing a kept book): patience never goes past it,
+    # although the earlier book's upper bound holds again at large α
+    lasting = lambda a: {**blip(a), "r": 1.0 if a < 1.0 else 0.5}  # noqa: E731
+    held = calibrate_alpha(now, CalibrateSettings(**scan, patience=3), earlier=lasting, levels={"b": 0.2},
+                           keep={"r": 0.8})
+    assert held["constrained"] and not held["reached"] and held["alpha"] < 1.0
+    assert all(not c[2] for c in held["checks"] if c[0] >= 1.0)
+    with pytest.raises(SSUError, match="patience"):
+        CalibrateSettings(enabled=True, search="scan", patience=2)  # no floors: a broken model would pass
 
 
 def test_a_window_read_later_is_the_same_text():

@@ -52,6 +52,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # every floor window also read 10, 20 and 30 words later (calibrate.keep_offsets): more readings a book
     "deep-others-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY}),
     "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
+    # the scan steps over up to 3 grid points in a row whose check fails (calibrate.patience)
+    "deep-others-patient": ("ssu-deep", {"generic": POOL, "calibrate": {"patience": 3}}),
     # the pretrained world needs α beyond 128 to reach the never-seen level at all
     "deep-others-wide": ("ssu-deep", {"generic": POOL, "calibrate": {"alpha_max": 1024.0}}),
     "ga": ("ga", {}),
@@ -59,7 +61,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
         "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
-        "deep-others-keep-0.9", "deep-others-steady", "deep-others-l100-steady",
+        "deep-others-keep-0.9", "deep-others-steady", "deep-others-l100-steady", "deep-others-patient",
         "deep-others-wide", "ga", "npo"]
 
 

@@ -89,7 +89,8 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     admissible. An α whose check puts any book over its bound is never chosen, and the
     search never goes above the α that reaches the target (a broken model satisfies every
     bound): if the bisection's α breaks a bound, a second bisection below it looks for the
-    largest admissible α, and the record says ``constrained``. Returns the record the
+    largest admissible α, and the record says ``constrained`` (the scan with ``patience`` may
+    step over a few failed checks on its way up: :func:`_scan`). Returns the record the
     manifest keeps (chosen α, target, score at α = 0, reached, every trial as ``[α, score]``,
     with constraints the bounds and every check as ``[α, {book: score}, admissible]``); the
     model is left at the chosen α.
@@ -172,16 +173,33 @@ def _scan(measure, admissible, done, trials, checks, target: float, settings) ->
     the book reaches the target or a bound breaks, then ``iterations`` bisection steps
     between the last grid point and that one. On a score that is noisy in α (a few windows,
     greedy decoding) bisection from alpha_max can stop at any crossing; the scan finds the
-    first on the grid, so the step does no more than the target needs."""
-    below, a = 0.0, settings.alpha_min
+    first on the grid, so the step does no more than the target needs.
+
+    ``patience`` k > 0: up to k grid points in a row whose check fails are stepped over and
+    the scan goes on; a check that fails at k + 1 points in a row ends it. With 2-3 windows
+    a book one flipped continuation breaks a bound at α ≈ 1 that holds again further up;
+    without patience that refuses the step. The α taken is still one whose own check held,
+    and the floors (``keep``, required with patience) refuse the α of a broken model, which
+    would satisfy every upper bound."""
+    grid: list[tuple[float, bool]] = []  # (α, its check held) of each grid point
+    a, misses = settings.alpha_min, 0
     while True:
         s = measure(a)
-        if not admissible(a) or s <= target:
-            break
-        if a >= settings.alpha_max:
-            return done(a, False)  # never reached within alpha_max, every bound held
-        below, a = a, min(a * settings.ratio, settings.alpha_max)
-    lo, hi = below, a
+        fine = admissible(a)
+        grid.append((a, fine))
+        if fine and s <= target:
+            break  # the first admissible crossing on the grid
+        misses = 0 if fine else misses + 1
+        if misses > settings.patience or a >= settings.alpha_max:
+            break  # bounds broken at patience + 1 grid points in a row, or the end of the grid
+        a = min(a * settings.ratio, settings.alpha_max)
+    if grid[-1][1] and trials[-1][1] > target:
+        return done(a, False)  # never reached within alpha_max, its bounds held
+    if misses:  # refine below the run of failed checks: from the last grid point that held to the first that failed
+        hi = grid[-misses][0]
+        lo = grid[-misses - 1][0] if len(grid) > misses else 0.0
+    else:  # refine the crossing: from the grid point before it
+        lo, hi = (grid[-2][0] if len(grid) > 1 else 0.0), a
     for _ in range(settings.iterations):
         mid = (lo + hi) / 2
         above = measure(mid) > target
