@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
     # the scan steps over up to 3 grid points in a row whose check fails (calibrate.patience)
     "deep-others-patient": ("ssu-deep", {"generic": POOL, "calibrate": {"patience": 3}}),
+    "deep-others-steady-patient": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "patience": 3}}),
     # the pretrained world needs α beyond 128 to reach the never-seen level at all
     "deep-others-wide": ("ssu-deep", {"generic": POOL, "calibrate": {"alpha_max": 1024.0}}),
     "ga": ("ga", {}),
@@ -62,6 +63,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
         "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
         "deep-others-keep-0.9", "deep-others-steady", "deep-others-l100-steady", "deep-others-patient",
+        "deep-others-steady-patient",
         "deep-others-wide", "ga", "npo"]
 
 
