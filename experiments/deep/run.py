@@ -63,8 +63,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
         "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
         "deep-others-keep-0.9", "deep-others-steady", "deep-others-l100-steady", "deep-others-patient",
-        "deep-others-steady-patient",
-        "deep-others-wide", "ga", "npo"]
+        "deep-others-steady-patient", "deep-others-wide", "ga", "npo"]
 
 
 def eval_block(lm_eval: dict | None) -> dict:
