@@ -267,6 +267,10 @@ def test_scan_patience_steps_over_an_isolated_violation_and_never_past_a_lasting
     assert stepped["reached"] and 3.2 <= stepped["alpha"] <= 3.2 + (3.73 - 2.98) / 2**4
     chosen = [c for c in stepped["checks"] if c[0] == round(stepped["alpha"], 6)][-1]
     assert chosen[2] and chosen[1]["b"] <= 0.25  # the α taken is one whose own check held
+    # a violation that lasts to just short of the crossing (3.3 > 3.2): the refinement steps over it too
+    late = lambda a: {"b": 0.3 if 2.0 <= a <= 3.3 else 0.2}  # noqa: E731
+    crossed = calibrate_alpha(now, CalibrateSettings(**scan, patience=2), earlier=late, levels={"b": 0.2})
+    assert crossed["reached"] and 3.3 < crossed["alpha"] <= 3.3 + (3.73 - 2.98) / 2**4
     assert calibrate_alpha(now, CalibrateSettings(**scan, patience=1), earlier=blip,
                            levels={"b": 0.2})["alpha"] < 0.9  # two failed points in a row: one is not enough
     # a floor broken for good from α 1 on (a model losing a kept book): patience never goes past it,

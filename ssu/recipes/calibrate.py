@@ -188,6 +188,7 @@ def _scan(measure, admissible, done, trials, checks, target: float, settings) ->
         fine = admissible(a)
         grid.append((a, fine))
         if fine and s <= target:
+            misses = 0
             break  # the first admissible crossing on the grid
         misses = 0 if fine else misses + 1
         if misses > settings.patience or a >= settings.alpha_max:
@@ -200,11 +201,13 @@ def _scan(measure, admissible, done, trials, checks, target: float, settings) ->
         lo = grid[-misses - 1][0] if len(grid) > misses else 0.0
     else:  # refine the crossing: from the grid point before it
         lo, hi = (grid[-2][0] if len(grid) > 1 else 0.0), a
+    step_over = settings.patience > 0 and not misses  # refining a crossing that held: failed checks are stepped over
     for _ in range(settings.iterations):
         mid = (lo + hi) / 2
         above = measure(mid) > target
-        if above and admissible(mid):
-            lo = mid  # still short of the target, every bound held
+        fine = admissible(mid)
+        if (above and fine) or (step_over and not fine):
+            lo = mid  # still short of the target, every bound held (or a failed check patience steps over)
         else:
             hi = mid
     ok = [c[2] for c in checks] if checks else [True] * len(trials)
