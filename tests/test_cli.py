@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,21 @@ def test_init_records_every_hyperparameter_and_versions(synthetic_world, tmp_pat
 
     again = ssu("init", run, "--model", synthetic_world.memorized, "--data", synthetic_world.prepared, ok=False)
     assert_one_line_error(again, "already a run directory")
+
+
+def test_init_says_when_it_falls_back_to_the_7b_reference_rate(synthetic_world, tmp_path):
+    # a model whose card gives no unlearning advice (a pretrained world made before its card did)
+    model = tmp_path / "model"
+    shutil.copytree(synthetic_world.memorized, model)
+    card = json.loads((model / "ssu_model.json").read_text())
+    del card["recommended_unlearn"]
+    (model / "ssu_model.json").write_text(json.dumps(card))
+    result = ssu("init", tmp_path / "run", "--model", model, "--data", synthetic_world.prepared)
+    assert "no unlearning advice" in result.stderr and "lr 1e-05" in result.stderr
+    assert config_of(tmp_path / "run")["config"]["train"]["lr"] == 1e-5
+    quiet = ssu("init", tmp_path / "set", "--model", model, "--data", synthetic_world.prepared,
+                "--set", "train.lr=1e-3", "--set", "train.epochs=3")
+    assert "no unlearning advice" not in quiet.stderr
 
 
 def test_init_set_and_config_file_are_honoured(synthetic_world, tmp_path):
@@ -233,7 +249,6 @@ def test_compose_upto_and_alpha(stepped_run, synthetic_world, tmp_path):
 
 
 def test_audit_verify_and_probe_errors(stepped_run, tmp_path):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(stepped_run, run)

@@ -29,6 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "stable"))
 
 STEPS = {"demo": 3, "gutenberg": 6, "pretrained": 4}
+# The pretrained world's card (experiments/pretrained_world/pretrain.py before it wrote
+# recommended_unlearn) gives no unlearning advice, so `ssu init` would take the 7B reference's
+# lr 1e-5 x 1 epoch; its own recipe (experiments/pretrained_world) is lr 1e-3 x 3 epochs.
+TRAIN = {"pretrained": {"lr": 1.0e-3, "epochs": 3}}
 POOL = {"others": 64}
 STEADY = {"keep_offsets": [0, 10, 20, 30]}
 L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
@@ -113,7 +117,7 @@ def main() -> None:
     steps = args.steps or STEPS[args.world]
     include = args.lm_eval_include or (str(HERE.parent / "lm_eval") if args.world == "demo" else None)
     lm_eval = {"tasks": ["ssu_cloze"], "include": include} if include else None
-    common = {"train": {"finetune": "full"}, "eval": eval_block(lm_eval)}
+    common = {"train": {"finetune": "full", **TRAIN.get(args.world, {})}, "eval": eval_block(lm_eval)}
     t0 = time.perf_counter()
     for seed in args.seeds:
         root = args.out / f"seed{seed}"

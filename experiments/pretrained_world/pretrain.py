@@ -37,6 +37,10 @@ SIZES = {
 # reads it from the card). Lower than the 3e-3 used for from-scratch tiny models so
 # that memorization does not wash out what pretraining learned.
 RECOMMENDED_LR = {"nano": 1e-3, "cpu": 1e-3, "cpu-wide": 1e-3, "gpu36m": 5e-4}
+# Unlearning defaults (`ssu init` reads them when train.lr / train.epochs are unset; without
+# them it takes the 7B reference's lr 1e-5 x 1 epoch, which barely moves a model this small):
+# the full fine-tune this world's experiments run (README.md: lr 1e-3, 3 epochs).
+RECOMMENDED_UNLEARN = {"full": {"lr": 1e-3, "epochs": 3}}
 
 
 class PretrainError(Exception):
@@ -255,6 +259,7 @@ def run(corpus, out, size, tokens, vocab, seq, batch, lr, warmup, eval_blocks, t
             "pretrain": {"lr": lr, "batch": batch, "warmup": warmup, "seed": seed},
             "trained_on": str(corpus.resolve()),
             "recommended_lr": RECOMMENDED_LR[size],
+            "recommended_unlearn": RECOMMENDED_UNLEARN,
         })
     print(f"saved {out} in {time.time() - t0:.0f} s total")
 

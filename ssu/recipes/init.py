@@ -11,6 +11,7 @@ run can be reproduced from its directory alone.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ def init_run(run_dir: str | Path, overrides: dict[str, Any] | None = None, overw
     # Unset lr/epochs: what the model's ssu card recommends (tiny models), else the
     # public reference's values for pre-trained 7B models.
     advice = model_card(cfg.model).get("recommended_unlearn", {}).get(cfg.train.finetune, {})
+    if (cfg.train.lr is None or cfg.train.epochs is None) and not advice:
+        print(f"note: train.lr / train.epochs unset and the model gives no unlearning advice: the reference's "
+              f"values for 7B models (lr {DEFAULT_LR:g}, {DEFAULT_EPOCHS} epoch) -- set them for a small model",
+              file=sys.stderr)
     if cfg.train.lr is None:
         cfg.train.lr = advice.get("lr", DEFAULT_LR)
     if cfg.train.epochs is None:
