@@ -249,7 +249,6 @@ def test_compose_upto_and_alpha(stepped_run, synthetic_world, tmp_path):
 
 
 def test_audit_verify_and_probe_errors(stepped_run, tmp_path):
-
     run = tmp_path / "run"
     shutil.copytree(stepped_run, run)
     out = ssu("audit", run).stdout
