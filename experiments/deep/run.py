@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the scan steps over up to 3 grid points in a row whose check fails (calibrate.patience)
     "deep-others-patient": ("ssu-deep", {"generic": POOL, "calibrate": {"patience": 3}}),
     "deep-others-steady-patient": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "patience": 3}}),
-    # the pretrained world needs α beyond 128 to reach the never-seen level at all
+    # α up to 1024: what the pretrained world needed at the 7B reference's lr 1e-5 (runs/deep/pretrained-lr1e-5)
     "deep-others-wide": ("ssu-deep", {"generic": POOL, "calibrate": {"alpha_max": 1024.0}}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
