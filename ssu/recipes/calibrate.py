@@ -176,11 +176,12 @@ def _scan(measure, admissible, done, trials, checks, target: float, settings) ->
     first on the grid, so the step does no more than the target needs.
 
     ``patience`` k > 0: up to k grid points in a row whose check fails are stepped over and
-    the scan goes on; a check that fails at k + 1 points in a row ends it. With 2-3 windows
-    a book one flipped continuation breaks a bound at α ≈ 1 that holds again further up;
-    without patience that refuses the step. The α taken is still one whose own check held,
-    and the floors (``keep``, required with patience) refuse the α of a broken model, which
-    would satisfy every upper bound."""
+    the scan goes on; a check that fails at k + 1 points in a row ends it. A check on 2-3
+    windows a book can fail at one α and hold again further up (a continuation that flips
+    back); without patience the first failure ends the scan. (In experiments/deep every
+    failed check lasted four grid points or more, so patience 3 changed no step.) The α taken
+    is still one whose own check held, and the floors (``keep``, required with patience)
+    refuse the α of a broken model, which would satisfy every upper bound."""
     grid: list[tuple[float, bool]] = []  # (α, its check held) of each grid point
     a, misses = settings.alpha_min, 0
     while True:
@@ -246,8 +247,8 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
         seen = {b: mean_score(model, tokenizer, ws, cfg.train.max_length, c.shifted, c.offsets)
                 for b, ws in earlier.items()}
         # a kept book as evaluation scores it: greedy from its own prompts (memorized: ~1.0), each
-        # window also read at keep_offsets: with 2-3 windows a book, one window's greedy continuation
-        # flipping moves a single reading by 0.4, and the floor would refuse a harmless α
+        # window also read at keep_offsets -- more readings a book, the later ones lower on a window
+        # memorized from its own start (experiments/deep/README.md)
         return {**seen, **{b: mean_score(model, tokenizer, ws, cfg.train.max_length, offsets=c.keep_offsets)
                            for b, ws in kept.items()}}
 
