@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,20 +384,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SSUError(f"config {path} must be a mapping of keys to values")
     return data
-
-
-def environment() -> dict[str, str]:
-    """Library versions recorded with the config, for reproducibility."""
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("ssu", "torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "safetensors",
-                "omegaconf", "bitsandbytes"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = "not installed"
-    return versions
 
 
 def dumps(cfg: Any) -> str:

@@ -11,11 +11,12 @@ run can be reproduced from its directory alone.
 from __future__ import annotations
 
 import copy
+import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-from ssu.config import RunConfig, environment, load, merge
+from ssu.config import RunConfig, load, merge
 from ssu.errors import SSUError
 from ssu.io import atomic_dir, atomic_write_json
 from ssu.models.loading import check_model, model_card, model_identity, resolve_device
@@ -26,6 +27,21 @@ from ssu.recipes.run_dir import CONFIG, MANIFEST, model_fingerprint
 
 DEFAULT_LR = 1e-5  # the public reference's learning rate for pre-trained 7B models
 DEFAULT_EPOCHS = 1
+
+
+def environment() -> dict[str, str]:
+    """Library versions recorded with the config, for reproducibility."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("ssu", "torch", "transformers", "peft", "datasets", "accelerate", "rouge-score", "safetensors",
+                "omegaconf", "bitsandbytes"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
 
 # Per device kind, the train settings `ssu init` writes unless the user gave them. CPU: the
 # dataclass defaults (prompt sharing and one window per backward measured fastest on a
