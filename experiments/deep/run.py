@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssu.presets import PRESETS
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "stable"))
 
@@ -34,9 +36,13 @@ STEPS = {"demo": 3, "gutenberg": 6, "pretrained": 4}
 # lr 1e-5 x 1 epoch; its own recipe (experiments/pretrained_world) is lr 1e-3 x 3 epochs.
 TRAIN = {"pretrained": {"lr": 1.0e-3, "epochs": 3}}
 POOL = {"others": 64}
+DEEP_CAL = PRESETS.get("ssu-deep").config["calibrate"]
 STEADY = {"keep_offsets": [0, 10, 20, 30]}
 L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
+L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
+        {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
+SELECT = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05, "select": True}}, L100[1]]
 # name -> (method or preset, overrides). The ablations each take one component out of ssu-deep.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ssu": ("ssu", {}),
@@ -56,18 +62,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # every floor window also read 10, 20 and 30 words later (calibrate.keep_offsets): more readings a book
     "deep-others-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY}),
     "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
+    # damping 10x ssu-deep's; α up to 512, as a more damped vector needs a larger one
+    "deep-others-l300-steady": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "alpha_max": 512.0},
+                                             "regularizers": L300}),
+    # the saliency mask ranks |g| / (1 + λ F / mean F) (protect.select): entries the book needs and the pool does not
+    "deep-others-l100-steady-select": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "alpha_max": 512.0},
+                                                    "regularizers": SELECT}),
+    # a sparser saliency mask (top 0.5 % of entries, not 2 %): fewer weights move, by a larger α
+    "deep-others-sparse": ("ssu-deep", {"generic": POOL, "method": {"args": {"saliency_density": 0.005}},
+                                        "calibrate": {"alpha_max": 512.0}}),
     # the scan steps over up to 3 grid points in a row whose check fails (calibrate.patience)
     "deep-others-patient": ("ssu-deep", {"generic": POOL, "calibrate": {"patience": 3}}),
     "deep-others-steady-patient": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "patience": 3}}),
     # α up to 1024: what the pretrained world needed at the 7B reference's lr 1e-5 (runs/deep/pretrained-lr1e-5)
     "deep-others-wide": ("ssu-deep", {"generic": POOL, "calibrate": {"alpha_max": 1024.0}}),
+    # gradient-based unlearning anchored on the same pool (its retain CE covers the pooled books), scaled
+    # by a calibrated α in [0.05, 2] toward the same target under the same bounds as ssu-deep
+    "npo-gdr-others": ("npo-gdr", {"generic": POOL, "calibrate": {**DEEP_CAL, "alpha_min": 0.05, "alpha_max": 2.0}}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
 }
-MAIN = ["ssu", "ssu-stable", "ssu-deep", "deep-no-earlier", "deep-no-kl", "deep-no-protect", "deep-dense",
-        "deep-keep-0.95", "deep-margin-0.1", "deep-margin-0.2", "deep-others", "deep-others-l100",
-        "deep-others-keep-0.9", "deep-others-steady", "deep-others-l100-steady", "deep-others-patient",
-        "deep-others-steady-patient", "deep-others-wide", "ga", "npo"]
+MAIN = list(VARIANTS)
 
 
 def eval_block(lm_eval: dict | None) -> dict:
