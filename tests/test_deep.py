@@ -12,8 +12,7 @@
 - generic text joins the regularizers' retain pool;
 - ``protect``: its bf16 Fisher matches the float32 one, it freezes exactly the entries over
   its threshold, holds 2 bytes per parameter, and moves retained text less than no
-  protection; with ``select`` the trained change sits less on the entries the retain pool
-  needs (its Fisher-weighted share falls);
+  protection;
 - ``kl`` with cached reference distributions: exact against the frozen model when k covers
   the vocabulary, a lower bound otherwise, and it keeps retained text closer than no KL.
 """
@@ -181,28 +180,6 @@ def test_protect_fisher_mask_and_memory(synthetic_world):
         assert torch.equal(p.detach()[frozen], before[k][frozen])
         moved.append(not torch.equal(p.detach()[~frozen], before[k][~frozen]))
     assert all(moved) or sum(moved) >= len(moved) - 2  # the rest moved (a bias may be frozen whole)
-
-
-def test_protect_select_moves_the_change_off_what_the_retain_pool_needs(run_dir, synthetic_world):
-    from ssu.regularizers.base import retain_fisher, sample
-    from ssu.vectors.io import load_vector
-
-    tok = load_tokenizer(str(synthetic_world.memorized))
-    model = load_model(str(synthetic_world.memorized), "cpu", "float32").requires_grad_(True)
-    fs = forget_set_of(synthetic_world.prepared, 1, tok, with_random=False, retain=True)
-    fisher = retain_fisher(model, sample(fs.retain, 64, fs.step), fs.pad_id)
-    mean = sum(float(f.sum()) for f in fisher.values()) / sum(f.numel() for f in fisher.values())
-    share = {}
-    for select in (False, True):  # no frozen entries: only the saliency mask's ranking differs
-        run = run_dir({"name": "ssu", "args": {"saliency_density": 0.02}}, name=f"select-{select}", alpha=1.0,
-                      regularizers=[{"name": "protect", "args": {"lam": 100.0, "fraction": 0.0, "select": select}}])
-        assert run_step(run, 1, progress=False)["regularizers"]["protect"]["select"] is select
-        vector, _ = load_vector(run / "step_1" / "vector.safetensors")
-        moved = {k: v != 0 for k, v in vector.items()}
-        n = sum(int(m.sum()) for m in moved.values())
-        assert n > 0
-        share[select] = sum(float(fisher[k][m].sum()) for k, m in moved.items()) / (n * mean)
-    assert share[True] < 0.5 * share[False], share  # the entries that moved: mean F / mean F overall
 
 
 def _retain_nll(run, step: int, world) -> float:

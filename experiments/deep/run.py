@@ -30,7 +30,7 @@ from ssu.presets import PRESETS
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "stable"))
 
-STEPS = {"demo": 3, "gutenberg": 6, "pretrained": 4}
+STEPS = {"demo": 3, "demo-long": 3, "gutenberg": 6, "pretrained": 4}
 # The pretrained world's card (experiments/pretrained_world/pretrain.py before it wrote
 # recommended_unlearn) gives no unlearning advice, so `ssu init` would take the 7B reference's
 # lr 1e-5 x 1 epoch; its own recipe (experiments/pretrained_world) is lr 1e-3 x 3 epochs.
@@ -42,7 +42,6 @@ L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
-SELECT = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05, "select": True}}, L100[1]]
 # name -> (method or preset, overrides). The ablations each take one component out of ssu-deep.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ssu": ("ssu", {}),
@@ -65,9 +64,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # damping 10x ssu-deep's; α up to 512, as a more damped vector needs a larger one
     "deep-others-l300-steady": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "alpha_max": 512.0},
                                              "regularizers": L300}),
-    # the saliency mask ranks |g| / (1 + λ F / mean F) (protect.select): entries the book needs and the pool does not
-    "deep-others-l100-steady-select": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "alpha_max": 512.0},
-                                                    "regularizers": SELECT}),
     # a sparser saliency mask (top 0.5 % of entries, not 2 %): fewer weights move, by a larger α
     "deep-others-sparse": ("ssu-deep", {"generic": POOL, "method": {"args": {"saliency_density": 0.005}},
                                         "calibrate": {"alpha_max": 512.0}}),
@@ -130,16 +126,16 @@ def main() -> None:
                                               "demo world only)")
     args = ap.parse_args()
     steps = args.steps or STEPS[args.world]
-    include = args.lm_eval_include or (str(HERE.parent / "lm_eval") if args.world == "demo" else None)
+    include = args.lm_eval_include or (str(HERE.parent / "lm_eval") if args.world.startswith("demo") else None)
     lm_eval = {"tasks": ["ssu_cloze"], "include": include} if include else None
     common = {"train": {"finetune": "full", **TRAIN.get(args.world, {})}, "eval": eval_block(lm_eval)}
     t0 = time.perf_counter()
     for seed in args.seeds:
         root = args.out / f"seed{seed}"
-        if args.world == "demo":
+        if args.world.startswith("demo"):  # demo-long: the same world with books 3x as long (15 windows each)
             from demo_world import world
 
-            prepared, memorized = world(root / "world", seed)
+            prepared, memorized = world(root / "world", seed, 3000 if args.world == "demo-long" else 1000)
             model, data = str(memorized.resolve()), str(prepared.resolve())
         else:
             model, data = str(Path(args.model).resolve()), str(Path(args.data).resolve())

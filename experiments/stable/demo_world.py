@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 
-def world(root: Path, seed: int) -> tuple[Path, Path]:
+def world(root: Path, seed: int, words_per_book: int = 1000) -> tuple[Path, Path]:
     from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
     from ssu.recipes.memorize import MemorizeConfig, memorize
 
     corpus, prepared, tiny, memorized = (root / n for n in ("corpus", "prepared", "tiny", "memorized"))
     if not corpus.exists():
-        write_synthetic_corpus(corpus, n_books=6, seed=seed, words_per_book=1000)
+        write_synthetic_corpus(corpus, n_books=6, seed=seed, words_per_book=words_per_book)
     if not prepared.exists():
         prepare_books(corpus, prepared)
     if not tiny.exists():

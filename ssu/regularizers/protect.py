@@ -11,14 +11,6 @@ retain Fisher F kept in **bfloat16** (2 bytes per parameter) and nothing else pe
   outlives a backward. Frozen weights stay bit-identical (AdamW, weight decay 0).
 - **damping**: the step's vector is multiplied by 1 / (1 + λ·F / mean F), computed per
   tensor in float32 when the vector is taken.
-- **selection** (``select: true``, off by default): the same hook also multiplies every
-  other entry's gradient by that factor, so a saliency mask that keeps the largest
-  gradients (SSU's) ranks |g| / (1 + λ·F / mean F) -- how much an entry matters to the
-  book over how much it matters to the retain pool, the ratio selective pruning ranks by
-  (Pochinkov & Schoots 2023) -- instead of |g| alone. Adam's update is invariant to a
-  constant per-entry scale of the gradient (up to its ε), so what moves is *which*
-  entries train, not how far; the factor is made per backward from F and the threshold
-  (nothing more is kept).
 
 F is accumulated from ``windows`` retain windows (one window per backward: the empirical
 Fisher), each square added in float32 and rounded to bf16 once per window. bf16 keeps
@@ -45,7 +37,6 @@ class ProtectArgs:
     lam: float = 30.0  # λ: how strongly a weight's Fisher damps its change (0: no damping)
     fraction: float = 0.05  # share of the trainable entries frozen for the step (0: no mask)
     windows: int = 64  # retain windows the Fisher is taken from
-    select: bool = False  # the saliency mask ranks the damped gradient (forget over retain importance)
 
     def __post_init__(self) -> None:
         if self.lam < 0 or not 0 <= self.fraction < 1 or self.windows < 1:
@@ -71,9 +62,7 @@ class Protect(Regularizer):
         if self.args.fraction > 0:
             self.threshold = topk_threshold(list(self.fisher.values()), self.args.fraction)
             self.frozen = sum(int((f >= self.threshold).sum()) for f in self.fisher.values())
-        if self.threshold is not None or self.args.select:
-            scale = self.args.lam / self.mean if self.args.select and self.mean > 0 else None
-            self.handles = [p.register_hook(_masker(self.fisher[n], self.threshold, scale))
+            self.handles = [p.register_hook(_masker(self.fisher[n], self.threshold))
                             for n, p in model.named_parameters() if p.requires_grad]
         self.total = sum(f.numel() for f in self.fisher.values())
 
@@ -101,16 +90,11 @@ class Protect(Regularizer):
 
     def record(self) -> dict:
         return {"lambda": self.args.lam, "fraction": self.args.fraction, "windows": self.windows,
-                "select": self.args.select, "frozen": self.frozen, "of": self.total, "fisher_dtype": "bfloat16"}
+                "frozen": self.frozen, "of": self.total, "fisher_dtype": "bfloat16"}
 
 
-def _masker(fisher: torch.Tensor, threshold: float | None, scale: float | None):
-    """The gradient hook: entries with F over ``threshold`` get 0; with ``scale`` (λ / mean F)
-    the others are multiplied by 1 / (1 + scale·F), in float32, then cast back."""
+def _masker(fisher: torch.Tensor, threshold: float):
+    # the threshold is a bf16 value (the k-th largest of F), so comparing in bf16 is exact
     def hook(grad):
-        f = fisher.to(grad.device)
-        if scale is not None:
-            grad = (grad.float() / (1.0 + scale * f.float())).to(grad.dtype)
-        # the threshold is a bf16 value (the k-th largest of F), so comparing in bf16 is exact
-        return grad if threshold is None else grad.masked_fill(f >= threshold, 0)
+        return grad.masked_fill(fisher.to(grad.device) >= threshold, 0)
     return hook
