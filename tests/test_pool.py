@@ -2,7 +2,8 @@
 
 Pinned here: the pooled windows are exactly the calibration side of the split each book's own
 step later records (so its audit side is never seen by the recipe); the calibration floor gets
-one group per pooled book, each window read at ``calibrate.keep_offsets``; evaluation grades a
+one group per pooled book, each window read at ``calibrate.keep_offsets``, and with
+``generic.check`` the floor reads windows the regularizers never got; evaluation grades a
 pooled book on its audit side only; and the pool moves the books not yet removed less than the
 retain books alone do, at the same α (``protect``: its Fisher then covers them).
 """
@@ -53,6 +54,29 @@ def test_pooled_windows_are_the_calibration_side_their_own_step_records(run_dir)
     recorded = json.loads((run / "manifest.json").read_text())["steps"]["2"]["split"]
     for book, split in recorded.items():
         assert split == splits[book]
+
+
+def test_check_windows_are_held_back_from_the_regularizers_for_the_floors(run_dir):
+    from ssu.recipes.pool import checked
+
+    run = run_dir(name="checked", regularizers=PROTECT, generic={"others": 3, "check": 1},
+                  calibrate={"enabled": True, "rouge": 0.2, "keep": 0.8, "iterations": 2, "alpha_max": 2.0})
+    cfg = RunDir(run).config
+    pooled = other_windows(cfg, 1)
+    protect, floor = checked(cfg, 1, pooled)
+    assert checked(cfg, 1, pooled) == (protect, floor)  # seeded
+    for book, ws in pooled.items():
+        ids = lambda rows: {w["window"] for w in rows}  # noqa: E731
+        assert len(floor[book]) == 1 and len(protect[book]) == 2
+        assert ids(floor[book]) | ids(protect[book]) == ids(ws) and not ids(floor[book]) & ids(protect[book])
+    entry = run_step(run, 1, progress=False)
+    retain = [w for w in read_window_rows(cfg.data) if w["role"] == "retain"]
+    assert entry["regularizers"]["protect"]["windows"] == len(retain) + 2 * 2  # the check windows are not in it
+    kept = entry["calibration"]["kept_window_ids"]
+    for book in pooled:  # each book's floor reads its check window alone
+        assert {w for _, w in kept[book]} == {w["window"] for w in floor[book]}
+    one = {b: ws[:1] for b, ws in pooled.items()}  # a book of one window: protected and checked
+    assert checked(cfg, 1, one) == (one, one)
 
 
 def _book_nll(model, world, step: int) -> float:

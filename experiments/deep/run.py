@@ -58,9 +58,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-others": ("ssu-deep", {"generic": POOL}),
     "deep-others-keep-0.9": ("ssu-deep", {"generic": POOL, "calibrate": {"keep": 0.9}}),
     "deep-others-l100": ("ssu-deep", {"generic": POOL, "regularizers": L100}),
+    # one calibration-side window of each pooled book kept from protect and kl, read by its floor alone
+    "deep-others-check": ("ssu-deep", {"generic": {**POOL, "check": 1}}),
     # every floor window also read 10, 20 and 30 words later (calibrate.keep_offsets): more readings a book
     "deep-others-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY}),
     "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
+    "deep-others-l100-steady-keep-0.9": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "keep": 0.9},
+                                                      "regularizers": L100}),
     # damping 10x ssu-deep's; α up to 512, as a more damped vector needs a larger one
     "deep-others-l300-steady": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "alpha_max": 512.0},
                                              "regularizers": L300}),

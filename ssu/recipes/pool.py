@@ -15,6 +15,12 @@ memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
   group per book. With 2-3 calibration windows a book (the worlds measured) such a floor can
   break on one flipped window and refuse the step (α 0); one floor over all pooled windows
   was tried and kept less (experiments/deep/README.md): a mean lets one book go.
+
+A floor read on the very windows ``protect`` and ``kl`` keep is read on their training data:
+in the pretrained world those windows stayed at 0.83-1.00 of their score while the same
+books' audit windows fell to 0.19-0.75 (experiments/deep/README.md). ``generic.check: k``
+therefore holds k windows of each pooled book back from the regularizers (:func:`checked`)
+and its floor reads those alone -- a check on text of the book the protection never saw.
 """
 
 from __future__ import annotations
@@ -73,6 +79,25 @@ def other_windows(cfg: RunConfig, step: int) -> dict[str, list[dict]]:
     return {b: ws if len(ws) <= cfg.generic.others else
             random.Random(f"{cfg.seed + step}:{b}").sample(ws, cfg.generic.others)
             for b, ws in sorted(by_book.items())}
+
+
+def checked(cfg: RunConfig, step: int, pooled: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """(book -> windows for the regularizers, book -> windows for its floor). With
+    ``generic.check: k`` the floor takes k of a book's pooled windows (seeded; at most all but
+    one, so something of every book stays protected) and the regularizers the rest; with k = 0,
+    or a book of one window, both get every window."""
+    k = cfg.generic.check
+    if not k:
+        return pooled, pooled
+    protect, floor = {}, {}
+    for book, ws in pooled.items():
+        if len(ws) < 2:
+            protect[book] = floor[book] = ws
+            continue
+        held = set(random.Random(f"check:{cfg.seed + step}:{book}").sample(range(len(ws)), min(k, len(ws) - 1)))
+        floor[book] = [w for i, w in enumerate(ws) if i in held]
+        protect[book] = [w for i, w in enumerate(ws) if i not in held]
+    return protect, floor
 
 
 def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:

@@ -38,7 +38,7 @@ from ssu.models.loading import load_tokenizer, resolve_device, resolve_dtype
 from ssu.recipes.calibrate import EarlyStop, audit_split, calibrate_step, calibration_windows
 from ssu.recipes.components import build_method, build_regularizers, method_label
 from ssu.recipes.compose import load_composed
-from ssu.recipes.pool import generic_windows, other_windows
+from ssu.recipes.pool import checked, generic_windows, other_windows
 from ssu.recipes.run_dir import VECTOR, RunDir
 from ssu.regularizers import Regularized, Regularizer
 from ssu.vectors import LoraTaskVector, TaskVector
@@ -66,7 +66,7 @@ class StepSetup:
     level: dict | None = None  # the never-seen level calibration aims at (calibrate.target: heldout)
     earlier_windows: dict[str, list[dict]] = field(default_factory=dict)  # constrained calibration
     kept_windows: dict[str, list[dict]] = field(default_factory=dict)  # retain books' floors (calibrate.keep)
-    pooled: dict[str, list[dict]] = field(default_factory=dict)  # generic.others: book -> its pooled windows
+    pooled: dict[str, list[dict]] = field(default_factory=dict)  # generic.others: book -> its floor's windows
     early: EarlyStop | None = None
     seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -149,7 +149,8 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     model = load_composed(run, upto=step - 1, device=dev)
     books, windows, retain, earlier = step_windows(cfg.data, step)
     wants_retain = method.needs_retain or any(r.needs_retain for r in regularizers)
-    pooled = other_windows(cfg, step)  # ssu/recipes/pool.py: the other books' calibration sides
+    # ssu/recipes/pool.py: the other books' calibration sides, split between the regularizers and the floors
+    pooled, floors = checked(cfg, step, other_windows(cfg, step))
     if wants_retain:
         retain = retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
@@ -174,7 +175,7 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
         snapshot = procs.snapshot(model)
     setup = StepSetup(run=run, cfg=cfg, step=step, procs=procs, tokenizer=tokenizer, model=model,
                       snapshot=snapshot, method=method, regularizers=regularizers, fs=fs, reference=reference,
-                      started=started, pooled=pooled)
+                      started=started, pooled=floors)
     if cfg.calibrate.enabled or cfg.calibrate.early_stop:  # tuned on the book: keep audit windows apart
         setup.split = audit_split(windows, cfg.calibrate.share, cfg.seed + step)
         setup.calibration_windows = calibration_windows(windows, setup.split)
