@@ -65,8 +65,10 @@ def test_check_windows_are_held_back_from_the_regularizers_for_the_floors(run_di
     pooled = other_windows(cfg, 1)
     protect, floor = checked(cfg, 1, pooled)
     assert checked(cfg, 1, pooled) == (protect, floor)  # seeded
+    def ids(rows: list[dict]) -> set[int]:
+        return {w["window"] for w in rows}
+
     for book, ws in pooled.items():
-        ids = lambda rows: {w["window"] for w in rows}  # noqa: E731
         assert len(floor[book]) == 1 and len(protect[book]) == 2
         assert ids(floor[book]) | ids(protect[book]) == ids(ws) and not ids(floor[book]) & ids(protect[book])
     entry = run_step(run, 1, progress=False)
