@@ -60,6 +60,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "deep-others-l100": ("ssu-deep", {"generic": POOL, "regularizers": L100}),
     # one calibration-side window of each pooled book kept from protect and kl, read by its floor alone
     "deep-others-check": ("ssu-deep", {"generic": {**POOL, "check": 1}}),
+    "deep-others-check-4": ("ssu-deep", {"generic": {**POOL, "check": 4}}),  # for books of 7-8 such windows
     # every floor window also read 10, 20 and 30 words later (calibrate.keep_offsets): more readings a book
     "deep-others-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY}),
     "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
