@@ -17,14 +17,12 @@ import argparse
 import json
 from pathlib import Path
 
-
-def rows(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines() if x.strip()]
+from ssu.recipes.evaluate import load_results
 
 
 def compare(run: Path) -> list[tuple[int, str, float, float]]:
     """(step, book, floor reading at the chosen α / at α 0, audit ROUGE-L / memorized)."""
-    results = rows(run)
+    results = load_results(run)
     memorized = {r["book"]: r["value"] for r in results if r["step"] == 0 and r["metric"] == "rougeL_f"}
     out = []
     steps = json.loads((run / "manifest.json").read_text())["steps"]
