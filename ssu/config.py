@@ -113,6 +113,7 @@ class CalibrateSettings:
     earlier: bool = False  # earlier books stay <= max(target, their score at θ_{t-1}) + slack
     slack: float = 0.0
     keep: float | None = None  # the retain books' mean stays >= keep x its value at θ_{t-1}
+    keep_from: str = "previous"  # or "memorized": floors at keep x the first step's reading (no compounding)
     keep_offsets: list[int] = field(default_factory=lambda: [0])  # each floor window read k words later too (mean)
     search: str = "bisect"  # or "scan": up alpha_min x ratio^k to the first crossing, then bisect
     alpha_min: float = 0.5
@@ -127,6 +128,7 @@ class CalibrateSettings:
         _check(self.target in ("fraction", "heldout"), "calibrate.target must be fraction or heldout")
         _check(self.search in ("bisect", "scan") and 0 < self.alpha_min <= self.alpha_max and self.ratio > 1,
                "calibrate.search must be bisect or scan, 0 < alpha_min <= alpha_max, ratio > 1")
+        _check(self.keep_from in ("previous", "memorized"), "calibrate.keep_from: previous or memorized")
         _check(self.patience == 0 or (self.patience > 0 and self.search == "scan" and self.keep is not None),
                "calibrate.patience: >= 0, and only with search: scan and keep (floors guard a broken model)")
         _check(all(bool(o) and min(o) >= 0 for o in (self.offsets, self.keep_offsets)),

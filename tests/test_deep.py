@@ -71,6 +71,18 @@ def test_constrained_calibration_never_lifts_an_earlier_book_over_its_bound():
     kept = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"r": 1.0 - 0.2 * max(0.0, a - 1.0)}, keep={"r": 0.9})
     assert kept["floors"] == {"r": 0.9} and kept["constrained"] and 1.5 - 8.0 / 2**8 <= kept["alpha"] <= 1.5
     assert [c for c in kept["checks"] if c[0] == round(kept["alpha"], 6)][-1][1]["r"] >= 0.9
+    # anchored floors (keep_from: memorized): r is at 0.9 now, anchored at 1.0 -> floor 0.8 where the
+    # step's own would be 0.72; r at 0.9 - 0.1 (α - 1) passes 0.8 at α 2 and 0.72 at α 2.8
+    drop = lambda a: {"r": 0.9 - 0.1 * max(0.0, a - 1.0)}  # noqa: E731
+    own = calibrate_alpha(now, SETTINGS, earlier=drop, keep={"r": 0.8})
+    anchored = calibrate_alpha(now, SETTINGS, earlier=drop, keep={"r": 0.8}, anchors={"r": 1.0})
+    assert own["floors"]["r"] == pytest.approx(0.72) and 2.8 - 8.0 / 2**8 <= own["alpha"] <= 2.8
+    assert anchored["floors"]["r"] == pytest.approx(0.8) and 2.0 - 8.0 / 2**8 <= anchored["alpha"] <= 2.0
+    assert anchored["anchors"] == {"r": 1.0} and "anchors" not in own
+    # already under its anchored floor: it may not fall further, and α = 0 stays admissible
+    under = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"r": 0.7 - 0.1 * max(0.0, a - 1.0)},
+                            keep={"r": 0.8}, anchors={"r": 1.0})
+    assert under["floors"]["r"] == pytest.approx(0.7) and under["alpha"] <= 1.0 and under["checks"][0][2]
     # a model broken at large α satisfies every bound; the answer still stays below the target's α
     broken = calibrate_alpha(now, SETTINGS, earlier=lambda a: {"b": 0.25 + 0.1 * max(0.0, a - 2.0) if a < 7 else 0.0},
                              levels={"b": 0.2})

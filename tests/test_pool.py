@@ -3,7 +3,8 @@
 Pinned here: the pooled windows are exactly the calibration side of the split each book's own
 step later records (so its audit side is never seen by the recipe); the calibration floor gets
 one group per pooled book, each window read at ``calibrate.keep_offsets``, and with
-``generic.check`` the floor reads windows the regularizers never got; evaluation grades a
+``generic.check`` the floor reads windows the regularizers never got; with
+``calibrate.keep_from: memorized`` later steps' floors carry the first step's readings; evaluation grades a
 pooled book on its audit side only; and the pool moves the books not yet removed less than the
 retain books alone do, at the same α (``protect``: its Fisher then covers them).
 """
@@ -79,6 +80,19 @@ def test_check_windows_are_held_back_from_the_regularizers_for_the_floors(run_di
         assert {w for _, w in kept[book]} == {w["window"] for w in floor[book]}
     one = {b: ws[:1] for b, ws in pooled.items()}  # a book of one window: protected and checked
     assert checked(cfg, 1, one) == (one, one)
+
+
+def test_anchored_floors_carry_the_first_steps_reading(run_dir):
+    run = run_dir(name="anchored", regularizers=PROTECT, generic={"others": 3},
+                  calibrate={"enabled": True, "rouge": 0.2, "keep": 0.8, "keep_from": "memorized",
+                             "iterations": 2, "alpha_max": 2.0})
+    first = run_step(run, 1, progress=False)["calibration"]
+    second = run_step(run, 2, progress=False)["calibration"]
+    assert first["anchors"] == first["checks"][0][1]  # at step 1: each group's reading at θ_0
+    carried = {b for b in second["floors"] if second["kept_window_ids"][b] == first["kept_window_ids"].get(b)}
+    assert carried and all(second["anchors"][b] == first["anchors"][b] for b in carried)
+    for b, floor in second["floors"].items():  # keep x the anchor, or where the group is now when under it
+        assert floor == pytest.approx(min(0.8 * second["anchors"][b], second["checks"][0][1][b]), abs=2e-6)
 
 
 def _book_nll(model, world, step: int) -> float:

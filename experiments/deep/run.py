@@ -61,9 +61,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # one calibration-side window of each pooled book kept from protect and kl, read by its floor alone
     "deep-others-check": ("ssu-deep", {"generic": {**POOL, "check": 1}}),
     "deep-others-check-4": ("ssu-deep", {"generic": {**POOL, "check": 4}}),  # for books of 7-8 such windows
+    # floors at keep x the first step's reading, not θ_{t-1}'s (calibrate.keep_from): losses cannot compound
+    "deep-others-check-4-anchored": ("ssu-deep", {"generic": {**POOL, "check": 4},
+                                                  "calibrate": {"keep_from": "memorized"}}),
     # every floor window also read 10, 20 and 30 words later (calibrate.keep_offsets): more readings a book
     "deep-others-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY}),
     "deep-others-l100-steady": ("ssu-deep", {"generic": POOL, "calibrate": STEADY, "regularizers": L100}),
+    "deep-others-l100-steady-anchored": ("ssu-deep", {"generic": POOL, "regularizers": L100,
+                                                      "calibrate": {**STEADY, "keep_from": "memorized"}}),
     "deep-others-l100-steady-keep-0.9": ("ssu-deep", {"generic": POOL, "calibrate": {**STEADY, "keep": 0.9},
                                                       "regularizers": L100}),
     # damping 10x ssu-deep's; α up to 512, as a more damped vector needs a larger one

@@ -72,7 +72,8 @@ def sample_windows(windows: Sequence[dict], n: int, seed: int) -> list[dict]:
 
 def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[[float], float] | None = None,
                     earlier: Callable[[float], dict[str, float]] | None = None,
-                    levels: dict[str, float] | None = None, keep: dict[str, float] | None = None) -> dict:
+                    levels: dict[str, float] | None = None, keep: dict[str, float] | None = None,
+                    anchors: dict[str, float] | None = None) -> dict:
     """Smallest α in [0, alpha_max] (to the search's resolution) with ``score(α)`` <= target,
     among the α that keep every earlier-removed book within its bound: by bisection, or with
     ``settings.search == "scan"`` the first crossing up a geometric grid (:func:`_scan`).
@@ -85,7 +86,10 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     applied) every earlier-removed book b gets the bound max(``levels[b]``, its score at
     α = 0) + ``settings.slack`` -- it may sit where it is or at its own target, never
     higher -- and a text named in ``keep`` (the retain books, also measured by ``earlier``) the
-    floor ``keep[b]`` × its score at α = 0: it may lose at most that share. α = 0 is always
+    floor ``keep[b]`` × its score at α = 0: it may lose at most that share -- or, with
+    ``anchors[b]`` (its score at an earlier step, ``calibrate.keep_from: memorized``),
+    ``keep[b]`` × that, so losses that each step's floor allows cannot compound; a text already
+    under such a floor may not fall further (its floor is then its score at α = 0). α = 0 is always
     admissible. An α whose check puts any book over its bound is never chosen, and the
     search never goes above the α that reaches the target (a broken model satisfies every
     bound): if the bisection's α breaks a bound, a second bisection below it looks for the
@@ -106,7 +110,8 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
         if earlier is not None:
             seen = earlier(a)
             if not bounds and not floors:  # the first measurement is at α = 0
-                floors.update({b: keep[b] * v for b, v in seen.items() if b in (keep or {})})
+                floors.update({b: min(keep[b] * (anchors or {}).get(b, v), v) for b, v in seen.items()
+                               if b in (keep or {})})
                 bounds.update({b: max((levels or {}).get(b, 0.0), v) + settings.slack for b, v in seen.items()
                                if b not in floors})
             checks.append([round(a, 6), {b: round(v, 6) for b, v in seen.items()},
@@ -125,6 +130,8 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
         record.update(bounds={b: round(v, 6) for b, v in bounds.items()}, checks=checks)
         if floors:
             record["floors"] = {b: round(v, 6) for b, v in floors.items()}
+        if anchors is not None:  # what the floors were taken from, for the next step to carry
+            record["anchors"] = {b: round(anchors.get(b, checks[0][1][b]), 6) for b in floors}
 
     def done(alpha: float, reached: bool, **extra) -> dict:
         if trials[-1][0] != round(alpha, 6):
@@ -220,7 +227,7 @@ def _scan(measure, admissible, done, trials, checks, target: float, settings) ->
 
 def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, sign: int = -1,
                    level: dict | None = None, earlier: dict[str, list[dict]] | None = None,
-                   kept: dict[str, list[dict]] | None = None) -> dict:
+                   kept: dict[str, list[dict]] | None = None, previous: dict | None = None) -> dict:
     """Calibrate α for one step on the model the step trained, applying α exactly in place
     (:class:`AlphaView`); the model is left at the chosen α. ``windows``: the removed
     books' calibration windows (:func:`audit_split`), of which a sample is scored, as
@@ -230,7 +237,9 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     ``kept``: group -> retain windows, each group's mean greedy score (from the windows' own
     prompts, as evaluation scores it, each window also read at ``calibrate.keep_offsets``) held at
     ``calibrate.keep`` × its value at θ_{t−1} or more when that is set (the step passes one group,
-    every retain book, and with ``generic.others`` one per book not yet removed)."""
+    every retain book, and with ``generic.others`` one per book not yet removed). ``previous``: the
+    step before's calibration record; with ``calibrate.keep_from: memorized`` a group read on the
+    same windows there keeps that step's anchor (at step 1, its score at θ_0)."""
     c = cfg.calibrate
     view = AlphaView(model, vector, snapshot, sign)
     windows = sample_windows(windows, c.windows, seed)
@@ -255,9 +264,14 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     # an earlier book's own bar: the absolute target when there is one, else where it is now
     levels = {b: absolute_target(c, 0.0, level) if c.target == "heldout" or c.rouge is not None else 0.0
               for b in earlier}
+    anchors = None
+    if c.keep_from == "memorized":
+        before, ids = previous or {}, (previous or {}).get("kept_window_ids", {})
+        anchors = {b: before["anchors"][b] for b, ws in kept.items()
+                   if b in before.get("anchors", {}) and ids.get(b) == _ids(ws)}
     record = calibrate_alpha(score, c, target=lambda start: absolute_target(c, start, level),
                              earlier=check if earlier or kept else None, levels=levels,
-                             keep={b: c.keep for b in kept})
+                             keep={b: c.keep for b in kept}, anchors=anchors)
     extra = {"never_seen": level} if level is not None else {}
     if earlier:
         extra["earlier_window_ids"] = {b: _ids(ws) for b, ws in earlier.items()}

@@ -83,8 +83,9 @@ def other_windows(cfg: RunConfig, step: int) -> dict[str, list[dict]]:
 
 def checked(cfg: RunConfig, step: int, pooled: dict[str, list[dict]]) -> tuple[dict, dict]:
     """(book -> windows for the regularizers, book -> windows for its floor). With
-    ``generic.check: k`` the floor takes k of a book's pooled windows (seeded; at most all but
-    one, so something of every book stays protected) and the regularizers the rest; with k = 0,
+    ``generic.check: k`` the floor takes k of a book's pooled windows (seeded by the run's seed
+    and the book, so the same at every step; at most all but one, so something of every book
+    stays protected) and the regularizers the rest; with k = 0,
     or a book of one window, both get every window."""
     k = cfg.generic.check
     if not k:
@@ -94,7 +95,8 @@ def checked(cfg: RunConfig, step: int, pooled: dict[str, list[dict]]) -> tuple[d
         if len(ws) < 2:
             protect[book] = floor[book] = ws
             continue
-        held = set(random.Random(f"check:{cfg.seed + step}:{book}").sample(range(len(ws)), min(k, len(ws) - 1)))
+        # the same windows at every step: held back from the protection of every step, not only this one
+        held = set(random.Random(f"check:{cfg.seed}:{book}").sample(range(len(ws)), min(k, len(ws) - 1)))
         floor[book] = [w for i, w in enumerate(ws) if i in held]
         protect[book] = [w for i, w in enumerate(ws) if i not in held]
     return protect, floor

@@ -294,7 +294,8 @@ def _calibrated(setup: StepSetup, trained, vector) -> tuple[float, dict | None]:
         return cfg.alpha, None
     calibration = calibrate_step(trained, vector, setup.snapshot, setup.calibration_windows, setup.tokenizer, cfg,
                                  cfg.seed + setup.step, setup.method.sign, setup.level, setup.earlier_windows,
-                                 setup.kept_windows)
+                                 setup.kept_windows, setup.run.manifest["steps"].get(str(setup.step - 1), {})
+                                 .get("calibration"))
     return calibration["alpha"], calibration
 
 
