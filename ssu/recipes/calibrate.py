@@ -239,7 +239,9 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
     ``calibrate.keep`` × its value at θ_{t−1} or more when that is set (the step passes one group,
     every retain book, and with ``generic.others`` one per book not yet removed). ``previous``: the
     step before's calibration record; with ``calibrate.keep_from: memorized`` a group read on the
-    same windows there keeps that step's anchor (at step 1, its score at θ_0)."""
+    same windows there keeps that step's anchor (at step 1, its score at θ_0); a group sampled
+    differently (more than 4 × ``calibrate.windows`` windows) is anchored anew at θ_{t−1}, as the
+    record's ``anchors`` show."""
     c = cfg.calibrate
     view = AlphaView(model, vector, snapshot, sign)
     windows = sample_windows(windows, c.windows, seed)
@@ -266,9 +268,9 @@ def calibrate_step(model, vector, snapshot, windows, tokenizer, cfg, seed: int, 
               for b in earlier}
     anchors = None
     if c.keep_from == "memorized":
-        before, ids = previous or {}, (previous or {}).get("kept_window_ids", {})
-        anchors = {b: before["anchors"][b] for b, ws in kept.items()
-                   if b in before.get("anchors", {}) and ids.get(b) == _ids(ws)}
+        before = previous or {}
+        carried, ids = before.get("anchors", {}), before.get("kept_window_ids", {})
+        anchors = {b: carried[b] for b, ws in kept.items() if b in carried and ids.get(b) == _ids(ws)}
     record = calibrate_alpha(score, c, target=lambda start: absolute_target(c, start, level),
                              earlier=check if earlier or kept else None, levels=levels,
                              keep={b: c.keep for b in kept}, anchors=anchors)
