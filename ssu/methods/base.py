@@ -41,6 +41,10 @@ class UnlearningMethod:
     def __init__(self, args: Any = None):
         self.args = args
 
+    def prepare(self, model, fs) -> None:
+        """Called once at θ_{t−1} with the step's forget set, before any weight moves (a method
+        that precomputes what it compares against; nothing by default)."""
+
     def loss(self, model, batch: Batch, reference=None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 

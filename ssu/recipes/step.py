@@ -158,6 +158,7 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
                           earlier=earlier if any(r.needs_earlier for r in regularizers) else None,
                           seed=cfg.seed + step, max_length=cfg.train.max_length, books=books)
     model = trainable(model, cfg)
+    method.prepare(model, fs)
     for r in regularizers:
         r.prepare(model, fs)  # at θ_{T−1}, before any weight moves
     fs.shared.clear()  # the regularizers keep what they need
