@@ -46,6 +46,9 @@ VARIANTS = {
     "protect": {"regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}}]},
     "guard": {"regularizers": ["guard"]},
     "early stop (calibrate.early_stop)": {"calibrate": {"early_stop": True, "windows": 2}},
+    # a method in place of ssu's: what it holds beyond plain ssu (ssu/methods/suppress.py)
+    "suppress (reference: model)": {"method": {"name": "suppress", "args": {"reference": "model"}}},
+    "suppress (reference: cached)": {"method": "suppress"},
     "ssu-deep regularizers (protect + kl cached)": {
         "regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}},
                          {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
@@ -90,7 +93,7 @@ def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
     from ssu.engine.alpha import AlphaView
     from ssu.engine.forget_set import build_forget_set
     from ssu.models.loading import load_model, load_tokenizer
-    from ssu.recipes.components import build_regularizers, resolve
+    from ssu.recipes.components import build_method, build_regularizers, resolve
     from ssu.recipes.step import step_windows
 
     cfg = resolve(load(RunConfig, {"model": str(model_dir), "data": str(prepared), "device": "cpu",
@@ -101,6 +104,11 @@ def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
     books, windows, retain, earlier = step_windows(prepared, 2)
     fs = build_forget_set(2, windows, tok, retain=retain, earlier=earlier, books=books, max_length=512)
     total = 0
+    method = build_method(cfg)
+    method.prepare(model, fs)
+    total += tensor_bytes(method)
+    if method.needs_reference:  # as below: the step deep-copies the model
+        total += tensor_bytes(copy.deepcopy(model))
     for r in build_regularizers(cfg, -1):
         r.prepare(model, fs)
         total += tensor_bytes(r)

@@ -139,7 +139,8 @@ def main() -> None:
     ap.add_argument("world", choices=sorted(STEPS))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--variants", nargs="+", default=MAIN, choices=sorted(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=MAIN, choices=sorted(VARIANTS),
+                    help="default: all; none (the bare flag) with --retrain: the references alone")
     ap.add_argument("--model", help="the memorized model (gutenberg, pretrained)")
     ap.add_argument("--data", help="the prepared directory (gutenberg, pretrained)")
     ap.add_argument("--steps", type=int, help="steps to run (default: the world's)")
