@@ -19,8 +19,8 @@ toward a bounded target. Stored as is (``sign = +1``) and scaled by the step's c
 α. Measured (experiments/deep, demo world): the target alone barely moves greedy ROUGE-L
 -- taught only on the book's own prefixes, a continuation that leaves the book at one
 token returns to it at the next -- so the never-seen level needed α 3-6; there it removed
-within every removal goal, relearning included, and kept retained text, but took the
-books not yet removed from the second step on.
+within every removal goal, relearning included, for two steps and kept retained text,
+but took the books not yet removed from the second step on.
 
 θ_{t−1}'s predictions, by ``reference``: ``model`` takes them from the step's frozen reference
 (a copy of the model under a full fine-tune -- 2 to 4 bytes per parameter -- the adapter
