@@ -152,3 +152,9 @@ def packed_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     if skipped == 0:
         return nll, mask
     return F.pad(nll, (skipped, 0)), F.pad(mask, (skipped, 0))
+
+
+def log_rest(logs: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(logs)) over the last dimension: the probability mass outside the given
+    outcomes, the bucket of a top-k distribution (``kl``'s cached reference, ``suppress``'s target)."""
+    return torch.log1p(-logs.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssu.engine.losses import IGNORE_INDEX, LEARN, Batch, group_mean_nll, make_batch
+from ssu.engine.losses import IGNORE_INDEX, LEARN, Batch, group_mean_nll, log_rest, make_batch
 from ssu.errors import SSUError
 from ssu.methods.base import METHODS, UnlearningMethod
 
@@ -100,12 +100,7 @@ def cached_target(model, enc, pad_id: int, k: int) -> tuple[torch.Tensor, torch.
     mask = labels != IGNORE_INDEX
     logq = suppressed_target(logits[mask], labels[mask])
     top, ids = logq.topk(min(k, logq.shape[-1] - 1), -1)  # q(label) = 0: never among them
-    return ids.to(torch.int32).cpu(), torch.cat([top, _log_rest(top)], -1).cpu(), labels[mask].cpu()
-
-
-def _log_rest(logs: torch.Tensor) -> torch.Tensor:
-    """log(1 − Σ exp(logs)) per position: the mass outside the given outcomes."""
-    return torch.log1p(-logs.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
+    return ids.to(torch.int32).cpu(), torch.cat([top, log_rest(top)], -1).cpu(), labels[mask].cpu()
 
 
 def cached_kl(logits: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -113,7 +108,7 @@ def cached_kl(logits: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, label
     logp = F.log_softmax(logits.float(), -1)
     p_top = logp.gather(-1, ids.to(logp.device, torch.int64))
     p_label = logp.gather(-1, labels.to(logp.device).unsqueeze(-1))
-    logp_k = torch.cat([p_top, _log_rest(torch.cat([p_top, p_label], -1))], -1)
+    logp_k = torch.cat([p_top, log_rest(torch.cat([p_top, p_label], -1))], -1)
     logq = logq.to(logp.device)
     return (logq.exp() * (logq - logp_k)).sum(-1)
 

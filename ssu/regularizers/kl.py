@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssu.engine.losses import LEARN, make_batch
+from ssu.engine.losses import LEARN, log_rest, make_batch
 from ssu.errors import SSUError
 from ssu.regularizers.base import REGULARIZERS, Regularizer, chunk_share, draw_rows, require_retain, sample
 
@@ -79,12 +79,7 @@ def reference_topk(model, batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     logp = F.log_softmax(_labelled_logits(model, batch.to(next(model.parameters()).device)), -1)
     model.train(was_training)
     top, ids = logp.topk(min(k, logp.shape[-1]), -1)
-    return ids.to(torch.int32), torch.cat([top, _rest(top)], -1)  # int32 ids: half the bytes, exact
-
-
-def _rest(top: torch.Tensor) -> torch.Tensor:
-    """log(1 − Σ exp(top)) per position: the bucket of every token outside the top k."""
-    return torch.log1p(-top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
+    return ids.to(torch.int32), torch.cat([top, log_rest(top)], -1)  # int32 ids: half the bytes, exact
 
 
 def cached_kl(model, batch, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -94,7 +89,7 @@ def cached_kl(model, batch, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> t
     ids = torch.cat([c[0] for c in cache]).to(device, torch.int64)
     logp = torch.cat([c[1] for c in cache]).to(device)
     q_top = logq.gather(-1, ids)
-    logq_k = torch.cat([q_top, _rest(q_top)], -1)
+    logq_k = torch.cat([q_top, log_rest(q_top)], -1)
     return (logp.exp() * (logp - logq_k)).sum(-1).mean()
 
 
