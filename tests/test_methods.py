@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 from ssu.engine.encoding import Encoded
 from ssu.engine.finetune import finetune
 from ssu.engine.forget_set import ForgetSet
-from ssu.engine.losses import LEARN, RETAIN, forward_nll, group_mean_nll, make_batch, sequence_logprob
+from ssu.engine.losses import LEARN, RETAIN, ROLLOUT, forward_nll, group_mean_nll, make_batch, sequence_logprob
 from ssu.errors import SSUError
 from ssu.methods import METHODS
 
@@ -253,3 +253,73 @@ def test_suppress_cached_trains_like_the_reference_model(memorized):
     assert abs(ce(cached, fs.learn) - ce(exact, fs.learn)) < 0.05 * ce(exact, fs.learn)
     with pytest.raises(SSUError, match="prepared"):
         make_method("suppress").loss(start, make_batch([(e, LEARN) for e in fs.learn], PAD))
+
+
+def test_book_flags_mark_the_tokens_that_complete_a_book_ngram_no_retain_row_has():
+    from ssu.methods.suppress import book_flags, ngrams, slid
+
+    window = Encoded(list(range(1, 11)), 4)  # a rollout prompt slid 3 tokens keeps its length
+    assert slid(window, 3) == Encoded([4, 5, 6, 7, 8, 9, 10], 4) and slid(window, 99).continuation_ids == [10]
+
+    book = ngrams([Encoded([5, 6, 7, 8, 9], 2)], 3) - ngrams([Encoded([6, 7, 8], 1)], 3)
+    assert book == {(5, 6, 7), (7, 8, 9)}
+    # decoded 7 rejoins the book, 1 leaves it, 7 8 are not yet a run of three, 9 completes 7 8 9
+    assert book_flags([5, 6, 7, 1, 7, 8, 9], 2, book, 3) == [True, False, False, False, True]
+
+
+def test_suppress_rollout_term_is_unlikelihood_at_the_flagged_tokens_only(memorized):
+    fs, start = memorized
+    method = make_method("suppress", rollout_every=1, ngram=3)
+    assert method.generates and make_method("suppress").rows(0) == []
+    method.prepare(start, fs)
+    method.start_epoch(start, fs, 1)  # the memorised model decodes its book: every token after the first two flagged
+    roll, = method.rollouts[0]
+    assert roll.ids == fs.learn[0].ids and method.flags[tuple(roll.ids)].tolist() == [True] * 8
+    method.flags[tuple(roll.ids)] = torch.tensor([True, False] * 4)
+    with_rollout = method.loss(start, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))
+    alone = method.loss(start, make_batch([(fs.learn[0], LEARN)], PAD))[0]
+    with torch.no_grad():
+        logp = torch.log_softmax(start(torch.tensor([roll.ids])).logits[0, :-1].float(), -1)
+    p = logp[torch.arange(7, 15), torch.tensor(roll.ids[8:])].exp()
+    want = (-torch.log1p(-p) * torch.tensor([1.0, 0.0] * 4)).sum() / 8  # over all 8 rollout tokens
+    assert with_rollout[0].item() == pytest.approx(alone.item() + want.item(), rel=1e-5)
+    assert with_rollout[1]["rollout_book"] == pytest.approx(0.5)
+    method.args.teacher_weight = 0.0  # the rollouts alone
+    assert method.loss(start, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))[0].item() == \
+        pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(SSUError, match="teacher_weight 0 needs rollouts"):
+        make_method("suppress", teacher_weight=0.0)
+
+
+def test_suppress_rollouts_take_the_book_out_of_the_models_own_output(memorized):
+    """Teacher-forced, the target only sees the book's prefixes: a decode that leaves the book rejoins it
+    (a quarter of the tokens here); trained on its own decodes as well, the model keeps far less of it."""
+    from ssu.methods.suppress import book_flags, ngrams, rollout
+
+    fs, start = memorized
+    book = ngrams(fs.learn, 3) - ngrams(fs.retain, 3)
+
+    def book_share(model) -> float:
+        gen = rollout(model, [e.prompt_ids for e in fs.learn], [len(e.continuation_ids) for e in fs.learn], PAD)
+        flags = [f for e, g in zip(fs.learn, gen) for f in book_flags(e.prompt_ids + g, e.n_prompt, book, 3)]
+        return sum(flags) / len(flags)
+
+    assert book_share(start) == 1.0
+    teacher = book_share(train("suppress", memorized, lr=2e-3, epochs=5)[2])
+    own = book_share(train("suppress", memorized, lr=2e-3, epochs=5, rollout_every=1, ngram=3)[2])
+    assert teacher >= 0.15 and own <= 0.5 * teacher  # measured: 0.25 and 0.03
+
+
+def test_suppress_rollout_rows_per_window_are_offsets_times_decodes(memorized):
+    fs, start = memorized
+    method = make_method("suppress", rollout_every=2, ngram=3, rollout_offsets=[0, 2], rollout_samples=2)
+    method.prepare(start, fs)
+    torch.manual_seed(0)
+    method.start_epoch(start, fs, 2)  # not a rollout epoch (1, 3, 5, ...)
+    assert method.rows(0) == []
+    method.start_epoch(start, fs, 3)
+    rows = method.rows(1)
+    assert len(rows) == 6 and {g for _, g in rows} == {ROLLOUT}
+    greedy, slid_greedy = rows[0][0], rows[3][0]  # per offset: the greedy decode first, then the samples
+    assert greedy.ids == fs.learn[1].ids and slid_greedy.prompt_ids == fs.learn[1].ids[2:10]
+    assert all(len(r.ids) == len(fs.learn[1].ids) - o for (r, _), o in zip(rows, [0] * 3 + [2] * 3))

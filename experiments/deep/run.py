@@ -40,6 +40,11 @@ DEEP_CAL = PRESETS.get("ssu-deep").config["calibrate"]
 DEEP_REG = PRESETS.get("ssu-deep").config["regularizers"]
 SUPPRESS_TRAIN = {"epochs": 20}
 SUPPRESS_CAL = {**DEEP_CAL, "alpha_min": 0.05, "alpha_max": 4.0}
+ONPOLICY = {"rollout_every": 1, "ngram": 4}
+# protect's freeze of the 5 % most retain-salient weights without its damping of the stored vector: θ_{t-1} + 1·v is
+# then the fine-tuned model, which is where suppress's target is reached (damped, it needs α 3-6)
+UNDAMPED = [{"name": "protect", "args": {"lam": 0.0, "fraction": 0.05}},
+            {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 STEADY = {"keep_offsets": [0, 10, 20, 30]}
 L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
@@ -96,6 +101,29 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # α up to 16: at 20 epochs α 4 (the bound) left the book at 0.24 of a 0.18 target, the others untouched
     "suppress-others-wide": ("suppress", {"generic": POOL, "regularizers": DEEP_REG, "train": SUPPRESS_TRAIN,
                                           "calibrate": {**SUPPRESS_CAL, "alpha_max": 16.0}}),
+    # suppress plus on-policy rollouts (ssu/methods/suppress.py): every epoch the model decodes the book's prompts and
+    # each decoded token that completes a 4-token run of the book (and of no pooled or retain window) is trained down
+    "onpolicy-others": ("suppress", {"generic": POOL, "regularizers": DEEP_REG, "train": SUPPRESS_TRAIN,
+                                     "calibrate": SUPPRESS_CAL, "method": {"args": ONPOLICY}}),
+    "onpolicy-undamped": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                       "calibrate": SUPPRESS_CAL, "method": {"args": ONPOLICY}}),
+    # ... and the rollouts also from prompts slid 10, 20 and 30 tokens into each window
+    "onpolicy-slid": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                   "calibrate": SUPPRESS_CAL,
+                                   "method": {"args": {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30]}}}),
+    # the rollouts' unlikelihood alone: only the tokens the model still emits are trained down
+    "onpolicy-only": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                   "calibrate": SUPPRESS_CAL, "method": {"args": {
+                                       **ONPOLICY, "rollout_offsets": [0, 10, 20, 30], "teacher_weight": 0.0}}}),
+    # ... and two sampled decodes (temperature 1) of every prompt beside the greedy one
+    "onpolicy-sampled": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                      "calibrate": SUPPRESS_CAL, "method": {"args": {
+                                          **ONPOLICY, "rollout_offsets": [0, 10, 20, 30], "teacher_weight": 0.0,
+                                          "rollout_samples": 2}}}),
+    "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
+                                        "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
+                                            "lam": 30.0, "reference": "cached"}}],
+                                        "method": {"args": {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30]}}}),
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),

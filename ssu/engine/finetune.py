@@ -46,12 +46,13 @@ EpochHook = Callable[[int, dict], bool]  # after every epoch (from 1) with the s
 
 def micro_batches(fs: ForgetSet, method, batch_size: int, rng: random.Random):
     """Yield one list per micro-batch for one epoch: per forget window, its
-    ``(encoded, group)`` rows (learning row, K random-label rows, a retain row)."""
+    ``(encoded, group)`` rows (learning row, the method's own rows, K random-label rows, a
+    retain row)."""
     order = list(range(len(fs.learn)))
     rng.shuffle(order)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        windows: list[list[Row]] = [[(fs.learn[i], LEARN)] for i in idx]
+        windows: list[list[Row]] = [[(fs.learn[i], LEARN), *method.rows(i)] for i in idx]
         if method.uses_random_labels:
             for rows, i in zip(windows, idx):
                 rows += [(e, RANDOM) for e in fs.random[i]]
@@ -203,6 +204,7 @@ def finetune(model, method, fs: ForgetSet, train: TrainSettings, hooks: Hooks | 
     step = 0
     try:
         for epoch in range(1, train.epochs + 1):
+            method.start_epoch(procs.unwrap(model), fs, epoch)
             model.train()
             batches = list(micro_batches(fs, method, train.batch_size, rng))
             for g in range(0, len(batches), train.grad_accum):

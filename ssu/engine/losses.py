@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ssu.engine.encoding import IGNORE_INDEX, Encoded, collate
 from ssu.engine.prefix import SharedPrompts, _forward_params, group_by_prompt, shared_prompt_nll
 
-LEARN, RANDOM, RETAIN = 0, 1, 2
+LEARN, RANDOM, RETAIN, ROLLOUT = 0, 1, 2, 3  # ROLLOUT: the model's own continuation of a forget prompt
 Row = tuple[Encoded, int]  # an encoded pair and its group
 
 
@@ -39,7 +39,7 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
-    group: torch.Tensor  # (rows,) LEARN / RANDOM / RETAIN
+    group: torch.Tensor  # (rows,) LEARN / RANDOM / RETAIN / ROLLOUT
     shared: SharedPrompts | None = None  # the same rows grouped by prompt, for the shared-prompt path
     # group -> (counted tokens, rows) of the whole micro-batch when this batch is a chunk of it
     norm: dict[int, tuple[int, int]] | None = None

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ssu.engine.losses import Batch
+from ssu.engine.losses import Batch, Row
 from ssu.registry import Registry
 
 
@@ -37,6 +37,7 @@ class UnlearningMethod:
     saliency_mode: str = "none"  # "step", "fixed" or "none": how gradients are masked before each update
     saliency_k: float = 1.0  # gamma = mean + k * std of |grad|
     saliency_density: float | None = None  # or keep the top fraction
+    generates: bool = False  # decodes with the model during training (start_epoch): not under FSDP
 
     def __init__(self, args: Any = None):
         self.args = args
@@ -44,6 +45,15 @@ class UnlearningMethod:
     def prepare(self, model, fs) -> None:
         """Called once at θ_{t−1} with the step's forget set, before any weight moves (a method
         that precomputes what it compares against; nothing by default)."""
+
+    def start_epoch(self, model, fs, epoch: int) -> None:
+        """Called by the fine-tune before each epoch (from 1) with the model as it is then (a
+        method that trains on its own outputs decodes them here; nothing by default)."""
+
+    def rows(self, i: int) -> list[Row]:
+        """Rows the method adds to forget window ``i``'s micro-batch beside its learning pair
+        (none by default)."""
+        return []
 
     def loss(self, model, batch: Batch, reference=None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

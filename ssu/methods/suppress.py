@@ -31,6 +31,19 @@ outcomes: no copy; exact when k covers the vocabulary, a lower bound of the full
 (merging outcomes never raises a KL). Its size is windows × tokens × (8k + 8) bytes -- one
 book, independent of the model's size.
 
+On-policy rollouts (``rollout_every``: every that many epochs, from the first): the model as it
+is then decodes each forget prompt greedily for the continuation's length (and the prompt slid
+``rollout_offsets`` tokens into its window, so removal is not learnt at one prompt alone; with
+``rollout_samples``, also samples: what a sampling extractor would draw), and wherever a
+decoded token completes an ``ngram``-token run of the book (one of the step's forget windows'
+n-grams that no retain row contains: the owner's other text marks what is not the book's own)
+it is trained down by unlikelihood, −log(1 − p(token)) (Welleck et al. 2020), on the decoded
+context. Teacher-forced, the target only ever sees the book's own prefixes; a continuation that
+leaves the book by one token and rejoins it at the next is what keeps greedy ROUGE-L up, and
+only the model's own output shows where it rejoins. The rollout rows (group ``ROLLOUT``) ride in
+the window's micro-batch; their term is the mean over the rollout's tokens, so it fades as the
+model stops reproducing the book. Decoding needs the whole model (not under FSDP).
+
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
 not toward the model's own distribution with the forget token removed.
@@ -38,12 +51,13 @@ not toward the model's own distribution with the forget token removed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from ssu.engine.losses import IGNORE_INDEX, LEARN, Batch, group_mean_nll, log_rest, make_batch
+from ssu.engine.encoding import Encoded
+from ssu.engine.losses import IGNORE_INDEX, LEARN, ROLLOUT, Batch, Row, group_mean_nll, log_rest, make_batch
 from ssu.errors import SSUError
 from ssu.methods.base import METHODS, UnlearningMethod
 
@@ -53,8 +67,22 @@ class SuppressArgs:
     saliency_density: float | None = None  # update only the top fraction of |grad| per step (None: every weight)
     reference: str = "cached"  # "cached": the target computed once; "model": the frozen θ_{t−1}
     topk: int = 64  # cached: tokens of the target kept per position (beside the label and the rest)
+    rollout_every: int = 0  # decode the model's own continuations every this many epochs (0: never)
+    ngram: int = 6  # a decoded token is the book's when it completes a run of this many of the book's tokens
+    rollout_weight: float = 1.0  # weight of the unlikelihood term on the rollouts
+    rollout_offsets: list[int] = field(default_factory=lambda: [0])  # prompts slid this many tokens into the window
+    rollout_samples: int = 0  # also this many sampled decodes per prompt (at rollout_temperature, full distribution)
+    rollout_temperature: float = 1.0
+    teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
 
     def __post_init__(self) -> None:
+        if self.rollout_every < 0 or self.ngram < 1 or self.rollout_weight < 0 or not self.rollout_offsets \
+                or min(self.rollout_offsets) < 0 or self.teacher_weight < 0 or self.rollout_samples < 0 \
+                or self.rollout_temperature <= 0:
+            raise SSUError("suppress: rollout_every, rollout_offsets, rollout_samples and weights >= 0, ngram >= 1, "
+                           "rollout_temperature > 0")
+        if self.teacher_weight == 0 and (self.rollout_every == 0 or self.rollout_weight == 0):
+            raise SSUError("suppress: teacher_weight 0 needs rollouts (rollout_every > 0, rollout_weight > 0)")
         if self.saliency_density is not None and not 0 < self.saliency_density <= 1:
             raise SSUError("suppress: saliency_density must be in (0, 1]")
         if self.reference not in ("model", "cached") or self.topk < 1:
@@ -113,6 +141,49 @@ def cached_kl(logits: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, label
     return (logq.exp() * (logq - logp_k)).sum(-1)
 
 
+def ngrams(rows: list[Encoded], n: int) -> set[tuple[int, ...]]:
+    """Every run of ``n`` consecutive token ids in ``rows``."""
+    return {tuple(e.ids[j - n : j]) for e in rows for j in range(n, len(e.ids) + 1)}
+
+
+def slid(e: Encoded, k: int) -> Encoded:
+    """The window read ``k`` tokens later: the prompt drops its first k tokens and takes the
+    continuation's first k (at least one continuation token is left)."""
+    k = min(k, len(e.continuation_ids) - 1)
+    return Encoded(ids=e.ids[k:], n_prompt=e.n_prompt) if k > 0 else e
+
+
+def book_flags(ids: list[int], start: int, book: set[tuple[int, ...]], n: int) -> list[bool]:
+    """For each token ``ids[start:]``: does it complete one of the ``book``'s n-grams?"""
+    return [j + 1 >= n and tuple(ids[j + 1 - n : j + 1]) in book for j in range(start, len(ids))]
+
+
+@torch.no_grad()
+def rollout(model, prompts: list[list[int]], budgets: list[int], pad_id: int, batch_size: int = 16,
+            temperature: float | None = None) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (left-padded batches), each cut to its budget; with
+    ``temperature``, sampled from the whole distribution (torch's global generator).
+
+    Not ``ssu.eval.generation``: methods sit below the evaluation stage, and this needs none
+    of its budgeting -- one short decode of one step's windows."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        part, budget = prompts[b : b + batch_size], max(budgets[b : b + batch_size])
+        width = max(map(len, part))
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in part], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=(torch.arange(width, device=device) >=
+                             torch.tensor([width - len(p) for p in part], device=device)[:, None]).long(),
+                             max_new_tokens=budget, min_new_tokens=budget, pad_token_id=pad_id,
+                             **({"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+                                if temperature else {"do_sample": False}))[:, width:].tolist()
+        out += [g[:n] for g, n in zip(gen, budgets[b : b + batch_size])]
+    model.train(was_training)
+    return out
+
+
 @METHODS.register("suppress", description="distill θ_{t-1}'s next-token distribution with the book's token "
                                           "removed, on the book's continuations; stored as is")
 class Suppress(UnlearningMethod):
@@ -124,6 +195,10 @@ class Suppress(UnlearningMethod):
         super().__init__(args or SuppressArgs())
         self.needs_reference = self.args.reference == "model"
         self.cache: dict[tuple[int, ...], tuple] | None = None
+        self.generates = self.args.rollout_every > 0
+        self.book: set[tuple[int, ...]] = set()
+        self.rollouts: list[Encoded] = []
+        self.flags: dict[tuple[int, ...], torch.Tensor] = {}
         if self.args.saliency_density is not None:
             self.saliency_mode, self.saliency_density = "step", self.args.saliency_density
 
@@ -131,6 +206,26 @@ class Suppress(UnlearningMethod):
         """cached: q of every forget window at θ_{t−1}, keyed by its token ids (how a batch row is found)."""
         if not self.needs_reference:
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
+        if self.generates:
+            self.book = ngrams(fs.learn, self.args.ngram) - ngrams(fs.retain, self.args.ngram)
+
+    def start_epoch(self, model, fs, epoch: int) -> None:
+        """Every ``rollout_every`` epochs from the first: decode, and flag the book's tokens."""
+        if not self.generates or (epoch - 1) % self.args.rollout_every:
+            return
+        a = self.args
+        prompts = [slid(e, o) for e in fs.learn for o in a.rollout_offsets]
+        ids, budgets = [p.prompt_ids for p in prompts], [len(p.continuation_ids) for p in prompts]
+        temps = [None] + [a.rollout_temperature] * a.rollout_samples  # the greedy decode, then the samples
+        gen = [rollout(model, ids, budgets, fs.pad_id, temperature=t) for t in temps]
+        rolled = [Encoded(ids=p.prompt_ids + g[j], n_prompt=p.n_prompt) for j, p in enumerate(prompts) for g in gen]
+        n = len(a.rollout_offsets) * len(gen)
+        self.rollouts = [rolled[i * n : (i + 1) * n] for i in range(len(fs.learn))]
+        self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, self.args.ngram))
+                      for r in rolled}
+
+    def rows(self, i: int) -> list[Row]:
+        return [(r, ROLLOUT) for r in self.rollouts[i]] if self.rollouts else []
 
     def loss(self, model, batch: Batch, reference=None):
         labels = batch.labels[:, 1:].masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
@@ -152,5 +247,23 @@ class Suppress(UnlearningMethod):
                 if not torch.equal(want.to(labels.device), labels[row][mask[row]]):
                     raise SSUError("suppress: a batch row's labels differ from its cached window's")
                 kl[row, mask[row]] = cached_kl(logits[row][mask[row]], ids, logq, want)
-        loss = group_mean_nll(kl, mask, batch, LEARN)
-        return loss, {"suppress_kl": loss.item()}
+        teacher = group_mean_nll(kl, mask, batch, LEARN)
+        loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
+        if batch.has(ROLLOUT):
+            term, book = self.unlikelihood(logits, batch)
+            loss = loss + self.args.rollout_weight * term
+            parts.update(rollout_ul=term.item(), rollout_book=book.item())
+        return loss, parts
+
+    def unlikelihood(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """−log(1 − p(token)) at the rollout tokens flagged as the book's, over the rollouts' tokens;
+        and the flagged fraction (how much of the model's own output is still the book)."""
+        labels = batch.labels[:, 1:].masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
+        mask = labels != IGNORE_INDEX
+        flagged = torch.zeros_like(mask)
+        for row in mask.any(-1).nonzero().flatten().tolist():
+            key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
+            flagged[row, mask[row]] = self.flags[key].to(flagged.device)
+        logp = F.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        ul = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * flagged
+        return group_mean_nll(ul, mask, batch, ROLLOUT), group_mean_nll(flagged.float(), mask, batch, ROLLOUT)

@@ -136,6 +136,8 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     dev = procs.device or resolve_device(cfg.device)
     check_supported(cfg.train.finetune, resolve_dtype(cfg.dtype, dev))
     method = build_method(cfg)
+    if procs.sharded and method.generates:
+        raise SSUError(f"method {method.name} decodes during training, which FSDP does not support yet; use DDP")
     regularizers = build_regularizers(cfg, method.sign)
     if procs.sharded and not all(r.fsdp for r in regularizers):
         names = ", ".join(r.name for r in regularizers if not r.fsdp)
