@@ -193,7 +193,7 @@ class Suppress(UnlearningMethod):
 
     def __init__(self, args: SuppressArgs | None = None):
         super().__init__(args or SuppressArgs())
-        self.needs_reference = self.args.reference == "model"
+        self.needs_reference = self.args.reference == "model" and self.args.teacher_weight > 0
         self.cache: dict[tuple[int, ...], tuple] | None = None
         self.generates = self.args.rollout_every > 0
         self.book: set[tuple[int, ...]] = set()
@@ -204,7 +204,7 @@ class Suppress(UnlearningMethod):
 
     def prepare(self, model, fs) -> None:
         """cached: q of every forget window at θ_{t−1}, keyed by its token ids (how a batch row is found)."""
-        if not self.needs_reference:
+        if not self.needs_reference and self.args.teacher_weight > 0:
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
         if self.generates:
             self.book = ngrams(fs.learn, self.args.ngram) - ngrams(fs.retain, self.args.ngram)
@@ -228,9 +228,21 @@ class Suppress(UnlearningMethod):
         return [(r, ROLLOUT) for r in self.rollouts[i]] if self.rollouts else []
 
     def loss(self, model, batch: Batch, reference=None):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        loss, parts = logits.new_zeros((), dtype=torch.float32), {}
+        if self.args.teacher_weight > 0:
+            teacher = self.teacher_kl(logits, batch, reference)
+            loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
+        if batch.has(ROLLOUT):
+            term, book = self.unlikelihood(logits, batch)
+            loss = loss + self.args.rollout_weight * term
+            parts.update(rollout_ul=term.item(), rollout_book=book.item())
+        return loss, parts
+
+    def teacher_kl(self, logits: torch.Tensor, batch: Batch, reference) -> torch.Tensor:
+        """KL(q ‖ p_θ) at the learning rows' continuation tokens, over the micro-batch's."""
         labels = batch.labels[:, 1:].masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
         mask = labels != IGNORE_INDEX
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
         if self.needs_reference:
             if reference is None:
                 raise SSUError("method suppress needs the reference model theta_(t-1)")
@@ -247,13 +259,7 @@ class Suppress(UnlearningMethod):
                 if not torch.equal(want.to(labels.device), labels[row][mask[row]]):
                     raise SSUError("suppress: a batch row's labels differ from its cached window's")
                 kl[row, mask[row]] = cached_kl(logits[row][mask[row]], ids, logq, want)
-        teacher = group_mean_nll(kl, mask, batch, LEARN)
-        loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
-        if batch.has(ROLLOUT):
-            term, book = self.unlikelihood(logits, batch)
-            loss = loss + self.args.rollout_weight * term
-            parts.update(rollout_ul=term.item(), rollout_book=book.item())
-        return loss, parts
+        return group_mean_nll(kl, mask, batch, LEARN)
 
     def unlikelihood(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """−log(1 − p(token)) at the rollout tokens flagged as the book's, over the rollouts' tokens;
