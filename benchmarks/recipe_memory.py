@@ -16,6 +16,7 @@ measurements per component, on a full fine-tune:
 
     python benchmarks/recipe_memory.py                 # table, --size base
     python benchmarks/recipe_memory.py --size large    # a larger shape: peaks steadier
+    python benchmarks/recipe_memory.py --only "protect"  # some rows (and plain ssu's)
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ VARIANTS = {
     # a method in place of ssu's: what it holds beyond plain ssu (ssu/methods/suppress.py)
     "suppress (reference: model)": {"method": {"name": "suppress", "args": {"reference": "model"}}},
     "suppress (reference: cached)": {"method": "suppress"},
+    # on-policy rollouts alone, as experiments/deep's onpolicy-bounded has them: 4 offsets x (greedy + 2 samples)
+    "suppress (rollouts, teacher_weight 0)": {"method": {"name": "suppress", "args": {
+        "rollout_every": 1, "ngram": 4, "rollout_offsets": [0, 10, 20, 30], "rollout_samples": 2,
+        "teacher_weight": 0.0}}},
     "ssu-deep regularizers (protect + kl cached)": {
         "regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}},
                          {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
@@ -141,8 +146,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="base")
     ap.add_argument("--repeats", type=int, default=3, help="runs per variant; the median peak is shown")
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), metavar="NAME",
+                    help="these rows only (plain ssu is always run: the peaks are relative to it)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    names = [n for n in VARIANTS if not args.only or n in args.only or n.startswith("ssu (plain")]
     if args.child:
         child(*args.child)
         return
@@ -159,7 +167,7 @@ def main() -> None:
         # (the default dynamic threshold keeps freed memory in the heap and the peak wanders).
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
         for r in range(args.repeats):
-            for i, name in enumerate(VARIANTS):
+            for i, name in enumerate(names):
                 out = subprocess.run([sys.executable, __file__, "--child", str(prepared), str(model_dir), name,
                                       str(root / f"run{r}-{i}")], capture_output=True, text=True, check=True, env=env)
                 peaks.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
@@ -167,7 +175,7 @@ def main() -> None:
         base = peaks["ssu (plain, full)"]
         print("| component | state held (counted), bytes/param | step peak RSS over plain ssu, bytes/param |")
         print("|---|---:|---:|")
-        for name in VARIANTS:
+        for name in names:
             state = 0.0 if name.startswith("ssu (plain") else counted(prepared, model_dir, name)
             print(f"| {name} | {state:.2f} | {(peaks[name] - base) / n:+.2f} |")
         print(f"\nplain ssu step peak RSS: {base / 2**20:.0f} MiB")

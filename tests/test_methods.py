@@ -265,6 +265,9 @@ def test_book_flags_mark_the_tokens_that_complete_a_book_ngram_no_retain_row_has
     assert book == {(5, 6, 7), (7, 8, 9)}
     # decoded 7 rejoins the book, 1 leaves it, 7 8 are not yet a run of three, 9 completes 7 8 9
     assert book_flags([5, 6, 7, 1, 7, 8, 9], 2, book, 3) == [True, False, False, False, True]
+    # generic_ngram 2: "8 9" also occurs in a retain row, so 9 is the language's choice there, not the book's
+    generic = ngrams([Encoded([8, 9, 3], 1)], 2)
+    assert book_flags([5, 6, 7, 1, 7, 8, 9], 2, book, 3, generic, 2) == [True, False, False, False, False]
 
 
 def test_suppress_rollout_term_is_unlikelihood_at_the_flagged_tokens_only(memorized):

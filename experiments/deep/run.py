@@ -46,7 +46,8 @@ ONPOLICY = {"rollout_every": 1, "ngram": 4}
 UNDAMPED = [{"name": "protect", "args": {"lam": 0.0, "fraction": 0.05}},
             {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 UNDAMPED_KL30 = [UNDAMPED[0], {"name": "kl", "args": {"lam": 30.0, "reference": "cached"}}]
-ONPOLICY_SAMPLED = {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30], "teacher_weight": 0.0, "rollout_samples": 2}
+ONPOLICY_ONLY = {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30], "teacher_weight": 0.0}
+ONPOLICY_SAMPLED = {**ONPOLICY_ONLY, "rollout_samples": 2}
 BOUNDED_CAL = {**DEEP_CAL, "alpha_min": 0.05, "alpha_max": 1.0, "early_stop": True, "margin": 0.02}
 STEADY = {"keep_offsets": [0, 10, 20, 30]}
 L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
@@ -136,6 +137,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                       "calibrate": BOUNDED_CAL, "method": {"args": ONPOLICY_SAMPLED}}),
     "onpolicy-bounded-kl30": ("suppress", {"generic": POOL, "regularizers": UNDAMPED_KL30, "train": {"epochs": 40},
                                            "calibrate": BOUNDED_CAL, "method": {"args": ONPOLICY_SAMPLED}}),
+    # onpolicy-only toward 0.02 over the never-seen level (the plateau above), α in [0.05, 4]; -kl30: KL at λ 30
+    "onpolicy-margin": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                     "calibrate": {**SUPPRESS_CAL, "margin": 0.02}, "method": {"args": ONPOLICY_ONLY}}),
+    "onpolicy-margin-kl30": ("suppress", {"generic": POOL, "regularizers": UNDAMPED_KL30, "train": SUPPRESS_TRAIN,
+                                          "calibrate": {**SUPPRESS_CAL, "margin": 0.02},
+                                          "method": {"args": ONPOLICY_ONLY}}),
+    # onpolicy-margin flagging only tokens whose own last 1 (2) tokens occur in no retain or pooled row: the book's names
+    # and invented words (its bigrams) rather than the template words every book shares
+    "onpolicy-generic1": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                       "calibrate": {**SUPPRESS_CAL, "margin": 0.02},
+                                       "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
+    "onpolicy-generic2": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                       "calibrate": {**SUPPRESS_CAL, "margin": 0.02},
+                                       "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2}}}),
     "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                         "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
                                             "lam": 30.0, "reference": "cached"}}],

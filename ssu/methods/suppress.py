@@ -36,8 +36,10 @@ is then decodes each forget prompt greedily for the continuation's length (and t
 ``rollout_offsets`` tokens into its window, so removal is not learnt at one prompt alone; with
 ``rollout_samples``, also samples: what a sampling extractor would draw), and wherever a
 decoded token completes an ``ngram``-token run of the book (one of the step's forget windows'
-n-grams that no retain row contains: the owner's other text marks what is not the book's own)
-it is trained down by unlikelihood, −log(1 − p(token)) (Welleck et al. 2020), on the decoded
+n-grams that no retain row contains: the owner's other text marks what is not the book's own;
+with ``generic_ngram`` k, also not when the token's own last k tokens occur in a retain row --
+"into the" is the language's choice, not the book's, and training "the" down there reaches every
+text) it is trained down by unlikelihood, −log(1 − p(token)) (Welleck et al. 2020), on the decoded
 context. Teacher-forced, the target only ever sees the book's own prefixes; a continuation that
 leaves the book by one token and rejoins it at the next is what keeps greedy ROUGE-L up, and
 only the model's own output shows where it rejoins. The rollout rows (group ``ROLLOUT``) ride in
@@ -69,6 +71,7 @@ class SuppressArgs:
     topk: int = 64  # cached: tokens of the target kept per position (beside the label and the rest)
     rollout_every: int = 0  # decode the model's own continuations every this many epochs (0: never)
     ngram: int = 6  # a decoded token is the book's when it completes a run of this many of the book's tokens
+    generic_ngram: int = 0  # ... and its own last this-many tokens occur in no retain row (0: no such check)
     rollout_weight: float = 1.0  # weight of the unlikelihood term on the rollouts
     rollout_offsets: list[int] = field(default_factory=lambda: [0])  # prompts slid this many tokens into the window
     rollout_samples: int = 0  # also this many sampled decodes per prompt (at rollout_temperature, full distribution)
@@ -76,11 +79,12 @@ class SuppressArgs:
     teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
 
     def __post_init__(self) -> None:
-        if self.rollout_every < 0 or self.ngram < 1 or self.rollout_weight < 0 or not self.rollout_offsets \
-                or min(self.rollout_offsets) < 0 or self.teacher_weight < 0 or self.rollout_samples < 0 \
-                or self.rollout_temperature <= 0:
+        counts = [self.rollout_every, self.rollout_samples, self.rollout_weight, self.teacher_weight,
+                  *self.rollout_offsets]
+        if min(counts) < 0 or not self.rollout_offsets or self.ngram < 1 or self.rollout_temperature <= 0 \
+                or not 0 <= self.generic_ngram <= self.ngram:
             raise SSUError("suppress: rollout_every, rollout_offsets, rollout_samples and weights >= 0, ngram >= 1, "
-                           "rollout_temperature > 0")
+                           "generic_ngram in [0, ngram], rollout_temperature > 0")
         if self.teacher_weight == 0 and (self.rollout_every == 0 or self.rollout_weight == 0):
             raise SSUError("suppress: teacher_weight 0 needs rollouts (rollout_every > 0, rollout_weight > 0)")
         if self.saliency_density is not None and not 0 < self.saliency_density <= 1:
@@ -153,9 +157,12 @@ def slid(e: Encoded, k: int) -> Encoded:
     return Encoded(ids=e.ids[k:], n_prompt=e.n_prompt) if k > 0 else e
 
 
-def book_flags(ids: list[int], start: int, book: set[tuple[int, ...]], n: int) -> list[bool]:
-    """For each token ``ids[start:]``: does it complete one of the ``book``'s n-grams?"""
-    return [j + 1 >= n and tuple(ids[j + 1 - n : j + 1]) in book for j in range(start, len(ids))]
+def book_flags(ids: list[int], start: int, book: set[tuple[int, ...]], n: int,
+               generic: set[tuple[int, ...]] = frozenset(), k: int = 0) -> list[bool]:
+    """For each token ``ids[start:]``: does it complete one of the ``book``'s n-grams -- and, with
+    ``k``, is its own run of k tokens absent from ``generic`` (the retain rows' k-grams)?"""
+    return [j + 1 >= n and tuple(ids[j + 1 - n : j + 1]) in book
+            and not (k and tuple(ids[j + 1 - k : j + 1]) in generic) for j in range(start, len(ids))]
 
 
 @torch.no_grad()
@@ -197,6 +204,7 @@ class Suppress(UnlearningMethod):
         self.cache: dict[tuple[int, ...], tuple] | None = None
         self.generates = self.args.rollout_every > 0
         self.book: set[tuple[int, ...]] = set()
+        self.generic: set[tuple[int, ...]] = set()
         self.rollouts: list[Encoded] = []
         self.flags: dict[tuple[int, ...], torch.Tensor] = {}
         if self.args.saliency_density is not None:
@@ -208,6 +216,7 @@ class Suppress(UnlearningMethod):
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
         if self.generates:
             self.book = ngrams(fs.learn, self.args.ngram) - ngrams(fs.retain, self.args.ngram)
+            self.generic = ngrams(fs.retain, self.args.generic_ngram) if self.args.generic_ngram else set()
 
     def start_epoch(self, model, fs, epoch: int) -> None:
         """Every ``rollout_every`` epochs from the first: decode, and flag the book's tokens."""
@@ -221,8 +230,8 @@ class Suppress(UnlearningMethod):
         rolled = [Encoded(ids=p.prompt_ids + g[j], n_prompt=p.n_prompt) for j, p in enumerate(prompts) for g in gen]
         n = len(a.rollout_offsets) * len(gen)
         self.rollouts = [rolled[i * n : (i + 1) * n] for i in range(len(fs.learn))]
-        self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, self.args.ngram))
-                      for r in rolled}
+        self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, a.ngram,
+                                                            self.generic, a.generic_ngram)) for r in rolled}
 
     def rows(self, i: int) -> list[Row]:
         return [(r, ROLLOUT) for r in self.rollouts[i]] if self.rollouts else []
