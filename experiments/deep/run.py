@@ -143,7 +143,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-margin-kl30": ("suppress", {"generic": POOL, "regularizers": UNDAMPED_KL30, "train": SUPPRESS_TRAIN,
                                           "calibrate": {**SUPPRESS_CAL, "margin": 0.02},
                                           "method": {"args": ONPOLICY_ONLY}}),
-    # onpolicy-margin flagging only tokens whose own last 1 (2) tokens occur in no retain or pooled row: the book's names
+    # onpolicy-margin flagging only tokens whose own last 1 (2) tokens occur in no retain or pooled row: its names
     # and invented words (its bigrams) rather than the template words every book shares
     "onpolicy-generic1": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
                                        "calibrate": {**SUPPRESS_CAL, "margin": 0.02},
