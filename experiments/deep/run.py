@@ -151,6 +151,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-generic2": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
                                        "calibrate": {**SUPPRESS_CAL, "margin": 0.02},
                                        "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2}}}),
+    # onpolicy-generic1 never extrapolated: α in [0.05, 1] (seed 2 took α 1.2-1.4 and its other books with it)
+    "onpolicy-generic1-capped": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                              "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
+                                              "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
     "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                         "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
                                             "lam": 30.0, "reference": "cached"}}],

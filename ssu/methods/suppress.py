@@ -16,11 +16,13 @@ Why it was tried instead of negating a task vector: SSU's vector learns the book
 little more and is extrapolated by α (20-60 in the demo world) along every direction the
 fine-tune moved, on every input; here the change is trained on the book's contexts alone
 toward a bounded target. Stored as is (``sign = +1``) and scaled by the step's calibrated
-α. Measured (experiments/deep, demo world): the target alone barely moves greedy ROUGE-L
--- taught only on the book's own prefixes, a continuation that leaves the book at one
-token returns to it at the next -- so the never-seen level needed α 3-6; there it removed
-within every removal goal, relearning included, for two steps and kept retained text,
-but took the books not yet removed from the second step on.
+α. What the teacher-forced target does not do: KL(q ‖ p_θ) = −log(1 − p_θ(label)) + KL(q ‖ p̃_θ)
+(p̃: p_θ renormalised without the label), so a KL of 0.67 only bounds p(label) by 0.49 -- the
+label can stay the argmax, and greedy decoding still returns the book where it leaves it. The
+on-policy rollouts below train down exactly the tokens the model still emits. Measured in
+experiments/deep (demo world): teacher-forced alone under ``protect``'s damping needed α 3-6 and
+took the books not yet removed from the second step on; rollouts alone (``teacher_weight`` 0)
+reach the never-seen level at α 0.6-1.
 
 θ_{t−1}'s predictions, by ``reference``: ``model`` takes them from the step's frozen reference
 (a copy of the model under a full fine-tune -- 2 to 4 bytes per parameter -- the adapter
@@ -279,6 +281,10 @@ class Suppress(UnlearningMethod):
         for row in mask.any(-1).nonzero().flatten().tolist():
             key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
             flagged[row, mask[row]] = self.flags[key].to(flagged.device)
-        logp = F.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        ul = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * flagged
+        # log p(token) = logit − logsumexp on the rollout rows only: no full log-softmax copy of the logits
+        rows = batch.group.to(logits.device) == ROLLOUT
+        lg, want = logits[rows].float(), labels[rows].clamp(min=0).unsqueeze(-1)
+        ul = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+        logp = lg.gather(-1, want).squeeze(-1) - lg.logsumexp(-1)
+        ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * flagged[rows]
         return group_mean_nll(ul, mask, batch, ROLLOUT), group_mean_nll(flagged.float(), mask, batch, ROLLOUT)
