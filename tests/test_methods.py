@@ -326,3 +326,24 @@ def test_suppress_rollout_rows_per_window_are_offsets_times_decodes(memorized):
     greedy, slid_greedy = rows[0][0], rows[3][0]  # per offset: the greedy decode first, then the samples
     assert greedy.ids == fs.learn[1].ids and slid_greedy.prompt_ids == fs.learn[1].ids[2:10]
     assert all(len(r.ids) == len(fs.learn[1].ids) - o for (r, _), o in zip(rows, [0] * 3 + [2] * 3))
+
+
+def test_suppress_teacher_on_book_counts_the_flagged_tokens_only(memorized):
+    fs, start = memorized
+    everywhere = make_method("suppress", ngram=3)
+    flagged = make_method("suppress", ngram=3, generic_ngram=1, teacher_on="book")
+    for m in (everywhere, flagged):
+        m.prepare(start, fs)
+    key = tuple(fs.learn[0].ids)
+    flagged.learn_flags[key] = torch.tensor([True, False] * 4)  # half the continuation is the book's
+    batch = make_batch([(fs.learn[0], LEARN)], PAD)
+    with torch.no_grad():
+        logits = start(batch.input_ids).logits[:, :-1]
+        kl = flagged.teacher_kl(logits, batch, None)
+        full = everywhere.teacher_kl(logits, batch, None)
+    assert 0 < kl < full
+    # at θ_{t−1} the KL of a token is −log(1 − p(label)): the flagged half's sum over all 8 tokens
+    p = torch.softmax(logits[0, 7:15].float(), -1)[torch.arange(8), torch.tensor(fs.learn[0].ids[8:])]
+    assert kl.item() == pytest.approx((-torch.log1p(-p) * torch.tensor([1.0, 0.0] * 4)).sum().item() / 8, rel=1e-4)
+    with pytest.raises(SSUError, match="teacher_on"):
+        make_method("suppress", teacher_on="names")

@@ -155,6 +155,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-generic1-capped": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
                                               "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
                                               "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
+    # ... and the teacher-forced KL back, at the same flagged tokens only (the book's names): depth against relearning
+    "onpolicy-generic1-teacher": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                               "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
+                                               "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
+                                                                   "teacher_weight": 1.0, "teacher_on": "book"}}}),
     "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                         "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
                                             "lam": 30.0, "reference": "cached"}}],

@@ -79,8 +79,11 @@ class SuppressArgs:
     rollout_samples: int = 0  # also this many sampled decodes per prompt (at rollout_temperature, full distribution)
     rollout_temperature: float = 1.0
     teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
+    teacher_on: str = "all"  # the KL at every continuation token, or only at the "book" tokens rollouts would flag
 
     def __post_init__(self) -> None:
+        if self.teacher_on not in ("all", "book"):
+            raise SSUError("suppress: teacher_on must be all or book")
         counts = [self.rollout_every, self.rollout_samples, self.rollout_weight, self.teacher_weight,
                   *self.rollout_offsets]
         if min(counts) < 0 or not self.rollout_offsets or self.ngram < 1 or self.rollout_temperature <= 0 \
@@ -207,6 +210,7 @@ class Suppress(UnlearningMethod):
         self.generates = self.args.rollout_every > 0
         self.book: set[tuple[int, ...]] = set()
         self.generic: set[tuple[int, ...]] = set()
+        self.learn_flags: dict[tuple[int, ...], torch.Tensor] = {}
         self.rollouts: list[Encoded] = []
         self.flags: dict[tuple[int, ...], torch.Tensor] = {}
         if self.args.saliency_density is not None:
@@ -216,9 +220,14 @@ class Suppress(UnlearningMethod):
         """cached: q of every forget window at θ_{t−1}, keyed by its token ids (how a batch row is found)."""
         if not self.needs_reference and self.args.teacher_weight > 0:
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
-        if self.generates:
-            self.book = ngrams(fs.learn, self.args.ngram) - ngrams(fs.retain, self.args.ngram)
-            self.generic = ngrams(fs.retain, self.args.generic_ngram) if self.args.generic_ngram else set()
+        a = self.args
+        if self.generates or a.teacher_on == "book":
+            self.book = ngrams(fs.learn, a.ngram) - ngrams(fs.retain, a.ngram)
+            self.generic = ngrams(fs.retain, a.generic_ngram) if a.generic_ngram else set()
+        if a.teacher_on == "book":
+            self.learn_flags = {tuple(e.ids): torch.tensor(book_flags(e.ids, max(e.n_prompt, 1), self.book, a.ngram,
+                                                                      self.generic, a.generic_ngram))
+                                for e in fs.learn}
 
     def start_epoch(self, model, fs, epoch: int) -> None:
         """Every ``rollout_every`` epochs from the first: decode, and flag the book's tokens."""
@@ -270,6 +279,12 @@ class Suppress(UnlearningMethod):
                 if not torch.equal(want.to(labels.device), labels[row][mask[row]]):
                     raise SSUError("suppress: a batch row's labels differ from its cached window's")
                 kl[row, mask[row]] = cached_kl(logits[row][mask[row]], ids, logq, want)
+        if self.args.teacher_on == "book":  # the other tokens count zero (still in the token mean)
+            book = torch.zeros_like(kl)
+            for row in mask.any(-1).nonzero().flatten().tolist():
+                key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
+                book[row, mask[row]] = self.learn_flags[key].to(kl.device, kl.dtype)
+            kl = kl * book
         return group_mean_nll(kl, mask, batch, LEARN)
 
     def unlikelihood(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
