@@ -64,3 +64,28 @@ _add("ssu-deep", "SSU calibrated to the never-seen level, earlier books constrai
                   "keep": 0.8, "slack": 0.05},
     "train": {"finetune": "full"},
 })
+
+# Removal by training the book's tokens down where the model itself still decodes them
+# (``suppress`` with on-policy rollouts; its teacher-forced KL off: it lowers every book token,
+# template words included, and took the other books). Each epoch the model decodes every forget
+# prompt (and the prompt slid 10-30 tokens into its window); a decoded token that completes a
+# 4-token run of the book and is itself absent from every retain and pooled window (the book's
+# own words) is trained down by unlikelihood. `protect` freezes the 5 % most retain-salient
+# weights but does not damp the stored change (damped, α 1 is not the model as trained); `kl`
+# keeps θ_{t−1} on the retain windows and the books not yet removed (`generic.others`). α ≤ 1:
+# the change as trained, never extrapolated, toward the never-seen level + 0.02. 20 epochs is
+# what the demo world's recipe (lr 1e-3) was measured with. What it reaches, and what not
+# (relearning): experiments/deep/README.md, "On-policy removal".
+_add("suppress-onpolicy", "suppress on its own decodes: the book's own tokens trained down where the model still "
+                          "emits them; protect's freeze, cached KL on retain + books not yet removed; alpha <= 1 "
+                          "toward the never-seen level (full fine-tune, <= 2 bytes/param extra)", {
+    "method": {"name": "suppress", "args": {"rollout_every": 1, "ngram": 4, "generic_ngram": 1,
+                                            "rollout_offsets": [0, 10, 20, 30], "teacher_weight": 0.0}},
+    "regularizers": [{"name": "protect", "args": {"lam": 0.0, "fraction": 0.05}},
+                     {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}],
+    "generic": {"others": 64},
+    "calibrate": {"enabled": True, "target": "heldout", "margin": 0.02, "earlier": True, "alpha_max": 1.0,
+                  "search": "scan", "alpha_min": 0.05, "ratio": 1.25, "iterations": 4, "offsets": [0, 10, 20, 30],
+                  "keep": 0.8, "slack": 0.05},
+    "train": {"finetune": "full", "epochs": 20},
+})
