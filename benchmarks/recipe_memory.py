@@ -50,10 +50,13 @@ VARIANTS = {
     # a method in place of ssu's: what it holds beyond plain ssu (ssu/methods/suppress.py)
     "suppress (reference: model)": {"method": {"name": "suppress", "args": {"reference": "model"}}},
     "suppress (reference: cached)": {"method": "suppress"},
-    # on-policy rollouts alone, as experiments/deep's onpolicy-bounded has them: 4 offsets x (greedy + 2 samples)
+    # on-policy rollouts (experiments/deep's onpolicy-generic1): 4 prompt offsets, greedy, per window; with samples
     "suppress (rollouts, teacher_weight 0)": {"method": {"name": "suppress", "args": {
-        "rollout_every": 1, "ngram": 4, "rollout_offsets": [0, 10, 20, 30], "rollout_samples": 2,
+        "rollout_every": 1, "ngram": 4, "generic_ngram": 1, "rollout_offsets": [0, 10, 20, 30],
         "teacher_weight": 0.0}}},
+    "suppress (rollouts + 2 samples each)": {"method": {"name": "suppress", "args": {
+        "rollout_every": 1, "ngram": 4, "generic_ngram": 1, "rollout_offsets": [0, 10, 20, 30],
+        "rollout_samples": 2, "teacher_weight": 0.0}}},
     "ssu-deep regularizers (protect + kl cached)": {
         "regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}},
                          {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
