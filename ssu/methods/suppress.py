@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from ssu.engine.encoding import Encoded
 from ssu.engine.losses import IGNORE_INDEX, LEARN, ROLLOUT, Batch, Row, group_mean_nll, log_rest, make_batch
+from ssu.engine.prefix import _forward_params
 from ssu.errors import SSUError
 from ssu.methods.base import METHODS, UnlearningMethod
 
@@ -148,6 +149,22 @@ def cached_kl(logits: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, label
     logp_k = torch.cat([p_top, log_rest(torch.cat([p_top, p_label], -1))], -1)
     logq = logq.to(logp.device)
     return (logq.exp() * (logq - logp_k)).sum(-1)
+
+
+def labelled_logits(model, batch: Batch) -> torch.Tensor:
+    """The logits that predict the batch's tokens from its first labelled column on:
+    (rows, width − 1 − skip, vocab), aligned with :func:`shifted_labels`. Models that take
+    ``logits_to_keep`` skip the prompt columns no row labels (the packed loss's saving: about
+    half of every row's logits); others return every position."""
+    width = batch.input_ids.size(1)
+    first = max(min(batch.label_start, width) - 1, 0)
+    keep = {"logits_to_keep": width - first} if first > 0 and "logits_to_keep" in _forward_params(model) else {}
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits[:, :-1]
+
+
+def shifted_labels(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """The next-token labels that ``logits`` (:func:`labelled_logits`) predict."""
+    return batch.labels[:, batch.labels.size(1) - logits.size(1) :]
 
 
 def ngrams(rows: list[Encoded], n: int) -> set[tuple[int, ...]]:
@@ -248,7 +265,7 @@ class Suppress(UnlearningMethod):
         return [(r, ROLLOUT) for r in self.rollouts[i]] if self.rollouts else []
 
     def loss(self, model, batch: Batch, reference=None):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        logits = labelled_logits(model, batch)
         loss, parts = logits.new_zeros((), dtype=torch.float32), {}
         if self.args.teacher_weight > 0:
             teacher = self.teacher_kl(logits, batch, reference)
@@ -261,13 +278,13 @@ class Suppress(UnlearningMethod):
 
     def teacher_kl(self, logits: torch.Tensor, batch: Batch, reference) -> torch.Tensor:
         """KL(q ‖ p_θ) at the learning rows' continuation tokens, over the micro-batch's."""
-        labels = batch.labels[:, 1:].masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
+        labels = shifted_labels(batch, logits).masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
         mask = labels != IGNORE_INDEX
         if self.needs_reference:
             if reference is None:
                 raise SSUError("method suppress needs the reference model theta_(t-1)")
             with torch.no_grad():
-                ref = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+                ref = labelled_logits(reference, batch)
             kl = suppression_kl(logits, ref, labels)
         else:
             if self.cache is None:
@@ -290,7 +307,7 @@ class Suppress(UnlearningMethod):
     def unlikelihood(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """−log(1 − p(token)) at the rollout tokens flagged as the book's, over the rollouts' tokens;
         and the flagged fraction (how much of the model's own output is still the book)."""
-        labels = batch.labels[:, 1:].masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
+        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
         mask = labels != IGNORE_INDEX
         flagged = torch.zeros_like(mask)
         for row in mask.any(-1).nonzero().flatten().tolist():
