@@ -133,6 +133,16 @@ def forward_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return packed_nll(model, batch)
 
 
+def labelled_logits(model, batch: Batch) -> torch.Tensor:
+    """The model's logits from the position that predicts the batch's first label on,
+    ``(rows, width - skipped, vocab)``: ``logits_to_keep`` where the forward takes it (an
+    int keeps the LAST positions), every position otherwise."""
+    width = batch.input_ids.size(1)
+    first = max(min(batch.label_start, width) - 1, 0)
+    keep = {"logits_to_keep": width - first} if first > 0 and "logits_to_keep" in _forward_params(model) else {}
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+
+
 def packed_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_nll` of the packed rows, laid out by position ``(rows, width - 1)``,
     with the LM head evaluated only from the first position that predicts a label.
@@ -144,9 +154,7 @@ def packed_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return every position and are aligned the same way.
     """
     width = batch.input_ids.size(1)
-    first = max(min(batch.label_start, width) - 1, 0)
-    keep = {"logits_to_keep": width - first} if first > 0 and "logits_to_keep" in _forward_params(model) else {}
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+    logits = labelled_logits(model, batch)
     skipped = width - logits.size(1)  # what the model actually kept (all, if it ignored the argument)
     nll, mask = token_nll(logits, batch.labels[:, skipped:])
     if skipped == 0:

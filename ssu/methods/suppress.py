@@ -61,8 +61,17 @@ import torch
 import torch.nn.functional as F
 
 from ssu.engine.encoding import Encoded
-from ssu.engine.losses import IGNORE_INDEX, LEARN, ROLLOUT, Batch, Row, group_mean_nll, log_rest, make_batch
-from ssu.engine.prefix import _forward_params
+from ssu.engine.losses import (
+    IGNORE_INDEX,
+    LEARN,
+    ROLLOUT,
+    Batch,
+    Row,
+    group_mean_nll,
+    labelled_logits,
+    log_rest,
+    make_batch,
+)
 from ssu.errors import SSUError
 from ssu.methods.base import METHODS, UnlearningMethod
 
@@ -151,19 +160,15 @@ def cached_kl(logits: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, label
     return (logq.exp() * (logq - logp_k)).sum(-1)
 
 
-def labelled_logits(model, batch: Batch) -> torch.Tensor:
-    """The logits that predict the batch's tokens from its first labelled column on:
-    (rows, width − 1 − skip, vocab), aligned with :func:`shifted_labels`. Models that take
-    ``logits_to_keep`` skip the prompt columns no row labels (the packed loss's saving: about
-    half of every row's logits); others return every position."""
-    width = batch.input_ids.size(1)
-    first = max(min(batch.label_start, width) - 1, 0)
-    keep = {"logits_to_keep": width - first} if first > 0 and "logits_to_keep" in _forward_params(model) else {}
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits[:, :-1]
+def next_token_logits(model, batch: Batch) -> torch.Tensor:
+    """The logits that predict a token, from the batch's first labelled column on (the packed
+    loss's saving: no logits for the prompt columns no row labels), aligned with
+    :func:`shifted_labels`."""
+    return labelled_logits(model, batch)[:, :-1]
 
 
 def shifted_labels(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-    """The next-token labels that ``logits`` (:func:`labelled_logits`) predict."""
+    """The next-token labels that ``logits`` (:func:`next_token_logits`) predict."""
     return batch.labels[:, batch.labels.size(1) - logits.size(1) :]
 
 
@@ -265,7 +270,7 @@ class Suppress(UnlearningMethod):
         return [(r, ROLLOUT) for r in self.rollouts[i]] if self.rollouts else []
 
     def loss(self, model, batch: Batch, reference=None):
-        logits = labelled_logits(model, batch)
+        logits = next_token_logits(model, batch)
         loss, parts = logits.new_zeros((), dtype=torch.float32), {}
         if self.args.teacher_weight > 0:
             teacher = self.teacher_kl(logits, batch, reference)
@@ -284,7 +289,7 @@ class Suppress(UnlearningMethod):
             if reference is None:
                 raise SSUError("method suppress needs the reference model theta_(t-1)")
             with torch.no_grad():
-                ref = labelled_logits(reference, batch)
+                ref = next_token_logits(reference, batch)
             kl = suppression_kl(logits, ref, labels)
         else:
             if self.cache is None:
