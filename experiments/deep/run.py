@@ -160,6 +160,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
                                                "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
                                                                    "teacher_weight": 1.0, "teacher_on": "book"}}}),
+    # ... and the teacher-forced KL on every continuation token at a fifth of the weight: between the two groups
+    "onpolicy-generic1-teacher-0.2": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                                   "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
+                                                   "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
+                                                                       "teacher_weight": 0.2}}}),
     "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                         "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
                                             "lam": 30.0, "reference": "cached"}}],
