@@ -347,3 +347,22 @@ def test_suppress_teacher_on_book_counts_the_flagged_tokens_only(memorized):
     assert kl.item() == pytest.approx((-torch.log1p(-p) * torch.tensor([1.0, 0.0] * 4)).sum().item() / 8, rel=1e-4)
     with pytest.raises(SSUError, match="teacher_on"):
         make_method("suppress", teacher_on="names")
+
+
+def test_suppress_book_targets_are_what_the_book_puts_after_the_decoded_context(memorized):
+    from ssu.methods.suppress import book_next, book_targets
+
+    book = {(5, 6, 7), (7, 8, 9), (7, 8, 4)}
+    assert {k: sorted(v) for k, v in book_next(book, set(), 0).items()} == {(5, 6): [7], (7, 8): [4, 9]}
+    assert book_next(book, {(9,)}, 1) == {(5, 6): [7], (7, 8): [4]}  # 9 is the language's word
+    fs, start = memorized
+    decoded = make_method("suppress", rollout_every=1, ngram=3, teacher_weight=0.0)
+    target = make_method("suppress", rollout_every=1, ngram=3, teacher_weight=0.0, rollout_target="book")
+    for m in (decoded, target):
+        m.prepare(start, fs)
+        m.start_epoch(start, fs, 1)
+    # the memorised model decodes its book, so the book's next token is the decoded one
+    batch = make_batch([(fs.learn[0], LEARN), *decoded.rows(0)], PAD)
+    assert target.loss(start, batch)[0].item() == pytest.approx(decoded.loss(start, batch)[0].item(), rel=1e-6)
+    # off the book: 1 was decoded where the book says 7 (targeted, though not emitted); 9 completes 7 8 9
+    assert book_targets([5, 6, 1, 7, 8, 2], 2, book_next({(5, 6, 7), (7, 8, 9)}, set(), 0), 3) == [7, -1, -1, 9]

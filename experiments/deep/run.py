@@ -165,6 +165,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                    "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
                                                    "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
                                                                        "teacher_weight": 0.2}}}),
+    # the preset with rollout_target book: the book's next token trained down wherever the decoded context ends with
+    # one of its runs, emitted or not (against relearning: the pressure does not stop at the argmax flip)
+    "onpolicy-booktarget": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                         "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
+                                         "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
+                                                             "rollout_target": "book"}}}),
     "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                         "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
                                             "lam": 30.0, "reference": "cached"}}],

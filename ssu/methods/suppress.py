@@ -46,7 +46,10 @@ context. Teacher-forced, the target only ever sees the book's own prefixes; a co
 leaves the book by one token and rejoins it at the next is what keeps greedy ROUGE-L up, and
 only the model's own output shows where it rejoins. The rollout rows (group ``ROLLOUT``) ride in
 the window's micro-batch; their term is the mean over the rollout's tokens, so it fades as the
-model stops reproducing the book. Decoding needs the whole model (not under FSDP).
+model stops reproducing the book. With ``rollout_target: book`` the token trained down at a
+decoded position is the one the book puts after the context's last n − 1 tokens, wherever they
+are one of its runs -- emitted or not, so the pressure does not stop the moment the token loses
+the argmax. Decoding needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
@@ -85,6 +88,8 @@ class SuppressArgs:
     ngram: int = 6  # a decoded token is the book's when it completes a run of this many of the book's tokens
     generic_ngram: int = 0  # ... and its own last this-many tokens occur in no retain row (0: no such check)
     rollout_weight: float = 1.0  # weight of the unlikelihood term on the rollouts
+    rollout_target: str = "decoded"  # train down the decoded token if it is the book's, or ("book") the token the
+    # book would put next wherever the decoded context ends with one of its runs, emitted or not
     rollout_offsets: list[int] = field(default_factory=lambda: [0])  # prompts slid this many tokens into the window
     rollout_samples: int = 0  # also this many sampled decodes per prompt (at rollout_temperature, full distribution)
     rollout_temperature: float = 1.0
@@ -92,8 +97,8 @@ class SuppressArgs:
     teacher_on: str = "all"  # the KL at every continuation token, or only at the "book" tokens rollouts would flag
 
     def __post_init__(self) -> None:
-        if self.teacher_on not in ("all", "book"):
-            raise SSUError("suppress: teacher_on must be all or book")
+        if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book"):
+            raise SSUError("suppress: teacher_on must be all or book, rollout_target decoded or book")
         counts = [self.rollout_every, self.rollout_samples, self.rollout_weight, self.teacher_weight,
                   *self.rollout_offsets]
         if min(counts) < 0 or not self.rollout_offsets or self.ngram < 1 or self.rollout_temperature <= 0 \
@@ -192,6 +197,22 @@ def book_flags(ids: list[int], start: int, book: set[tuple[int, ...]], n: int,
             and not (k and tuple(ids[j + 1 - k : j + 1]) in generic) for j in range(start, len(ids))]
 
 
+def book_next(book: set[tuple[int, ...]], generic: set[tuple[int, ...]], k: int) -> dict[tuple[int, ...], list[int]]:
+    """Each book n-gram's first n − 1 tokens -> the tokens the book puts after them (those whose
+    own last k tokens no retain row has, with ``k``)."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    for g in book:
+        if not (k and g[-k:] in generic):
+            out.setdefault(g[:-1], []).append(g[-1])
+    return out
+
+
+def book_targets(ids: list[int], start: int, nxt: dict[tuple[int, ...], list[int]], n: int) -> list[int]:
+    """For each token ``ids[start:]``: the token the book puts after the n − 1 tokens before it
+    (the smallest id where it has several), or −1 where they are not one of its runs."""
+    return [min(nxt.get(tuple(ids[j + 1 - n : j]), [-1])) if j + 1 >= n else -1 for j in range(start, len(ids))]
+
+
 @torch.no_grad()
 def rollout(model, prompts: list[list[int]], budgets: list[int], pad_id: int, batch_size: int = 16,
             temperature: float | None = None) -> list[list[int]]:
@@ -235,6 +256,7 @@ class Suppress(UnlearningMethod):
         self.learn_flags: dict[tuple[int, ...], torch.Tensor] = {}
         self.rollouts: list[Encoded] = []
         self.flags: dict[tuple[int, ...], torch.Tensor] = {}
+        self.targets: dict[tuple[int, ...], torch.Tensor] = {}  # rollout_target book: per decoded token, or -1
         if self.args.saliency_density is not None:
             self.saliency_mode, self.saliency_density = "step", self.args.saliency_density
 
@@ -265,6 +287,10 @@ class Suppress(UnlearningMethod):
         self.rollouts = [rolled[i * n : (i + 1) * n] for i in range(len(fs.learn))]
         self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, a.ngram,
                                                             self.generic, a.generic_ngram)) for r in rolled}
+        if a.rollout_target == "book":
+            nxt = book_next(self.book, self.generic, a.generic_ngram)
+            self.targets = {tuple(r.ids): torch.tensor(book_targets(r.ids, max(r.n_prompt, 1), nxt, a.ngram))
+                            for r in rolled}
 
     def rows(self, i: int) -> list[Row]:
         return [(r, ROLLOUT) for r in self.rollouts[i]] if self.rollouts else []
@@ -318,10 +344,17 @@ class Suppress(UnlearningMethod):
         for row in mask.any(-1).nonzero().flatten().tolist():
             key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
             flagged[row, mask[row]] = self.flags[key].to(flagged.device)
+        target, hit = labels, flagged
+        if self.args.rollout_target == "book":  # the book's next token wherever the context ends with its run
+            target = torch.full_like(labels, -1)
+            for row in mask.any(-1).nonzero().flatten().tolist():
+                key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
+                target[row, mask[row]] = self.targets[key].to(target.device)
+            hit = target >= 0
         # log p(token) = logit − logsumexp on the rollout rows only: no full log-softmax copy of the logits
         rows = batch.group.to(logits.device) == ROLLOUT
-        lg, want = logits[rows].float(), labels[rows].clamp(min=0).unsqueeze(-1)
+        lg, want = logits[rows].float(), target[rows].clamp(min=0).unsqueeze(-1)
         ul = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
         logp = lg.gather(-1, want).squeeze(-1) - lg.logsumexp(-1)
-        ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * flagged[rows]
+        ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * hit[rows]
         return group_mean_nll(ul, mask, batch, ROLLOUT), group_mean_nll(flagged.float(), mask, batch, ROLLOUT)
