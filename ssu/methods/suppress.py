@@ -213,6 +213,21 @@ def book_targets(ids: list[int], start: int, nxt: dict[tuple[int, ...], list[int
     return [min(nxt.get(tuple(ids[j + 1 - n : j]), [-1])) if j + 1 >= n else -1 for j in range(start, len(ids))]
 
 
+def row_key(batch: Batch, row: int) -> tuple[int, ...]:
+    """A batch row's token ids without padding: how a row finds what was stored for its window."""
+    return tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
+
+
+def per_token(batch: Batch, mask: torch.Tensor, table: dict[tuple[int, ...], torch.Tensor], fill) -> torch.Tensor:
+    """(rows, tokens) holding each masked row's stored per-token values ``table[row_key]`` at its
+    masked positions and ``fill`` elsewhere."""
+    values = next(iter(table.values()))
+    out = torch.full(mask.shape, fill, dtype=values.dtype, device=mask.device)
+    for row in mask.any(-1).nonzero().flatten().tolist():
+        out[row, mask[row]] = table[row_key(batch, row)].to(mask.device)
+    return out
+
+
 @torch.no_grad()
 def rollout(model, prompts: list[list[int]], budgets: list[int], pad_id: int, batch_size: int = 16,
             temperature: float | None = None) -> list[list[int]]:
@@ -257,6 +272,7 @@ class Suppress(UnlearningMethod):
         self.rollouts: list[Encoded] = []
         self.flags: dict[tuple[int, ...], torch.Tensor] = {}
         self.targets: dict[tuple[int, ...], torch.Tensor] = {}  # rollout_target book: per decoded token, or -1
+        self.next_of: dict[tuple[int, ...], list[int]] = {}  # rollout_target book: run -> the book's next tokens
         if self.args.saliency_density is not None:
             self.saliency_mode, self.saliency_density = "step", self.args.saliency_density
 
@@ -268,6 +284,7 @@ class Suppress(UnlearningMethod):
         if self.generates or a.teacher_on == "book":
             self.book = ngrams(fs.learn, a.ngram) - ngrams(fs.retain, a.ngram)
             self.generic = ngrams(fs.retain, a.generic_ngram) if a.generic_ngram else set()
+            self.next_of = book_next(self.book, self.generic, a.generic_ngram) if a.rollout_target == "book" else {}
         if a.teacher_on == "book":
             self.learn_flags = {tuple(e.ids): torch.tensor(book_flags(e.ids, max(e.n_prompt, 1), self.book, a.ngram,
                                                                       self.generic, a.generic_ngram))
@@ -288,8 +305,7 @@ class Suppress(UnlearningMethod):
         self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, a.ngram,
                                                             self.generic, a.generic_ngram)) for r in rolled}
         if a.rollout_target == "book":
-            nxt = book_next(self.book, self.generic, a.generic_ngram)
-            self.targets = {tuple(r.ids): torch.tensor(book_targets(r.ids, max(r.n_prompt, 1), nxt, a.ngram))
+            self.targets = {tuple(r.ids): torch.tensor(book_targets(r.ids, max(r.n_prompt, 1), self.next_of, a.ngram))
                             for r in rolled}
 
     def rows(self, i: int) -> list[Row]:
@@ -322,17 +338,12 @@ class Suppress(UnlearningMethod):
                 raise SSUError("method suppress (reference: cached) was not prepared on the step's forget set")
             kl = logits.new_zeros(labels.shape, dtype=torch.float32)
             for row in mask.any(-1).nonzero().flatten().tolist():
-                key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
-                ids, logq, want = self.cache[key]
+                ids, logq, want = self.cache[row_key(batch, row)]
                 if not torch.equal(want.to(labels.device), labels[row][mask[row]]):
                     raise SSUError("suppress: a batch row's labels differ from its cached window's")
                 kl[row, mask[row]] = cached_kl(logits[row][mask[row]], ids, logq, want)
         if self.args.teacher_on == "book":  # the other tokens count zero (still in the token mean)
-            book = torch.zeros_like(kl)
-            for row in mask.any(-1).nonzero().flatten().tolist():
-                key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
-                book[row, mask[row]] = self.learn_flags[key].to(kl.device, kl.dtype)
-            kl = kl * book
+            kl = kl * per_token(batch, mask, self.learn_flags, False).to(kl.dtype)
         return group_mean_nll(kl, mask, batch, LEARN)
 
     def unlikelihood(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,16 +351,10 @@ class Suppress(UnlearningMethod):
         and the flagged fraction (how much of the model's own output is still the book)."""
         labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
         mask = labels != IGNORE_INDEX
-        flagged = torch.zeros_like(mask)
-        for row in mask.any(-1).nonzero().flatten().tolist():
-            key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
-            flagged[row, mask[row]] = self.flags[key].to(flagged.device)
+        flagged = per_token(batch, mask, self.flags, False)
         target, hit = labels, flagged
         if self.args.rollout_target == "book":  # the book's next token wherever the context ends with its run
-            target = torch.full_like(labels, -1)
-            for row in mask.any(-1).nonzero().flatten().tolist():
-                key = tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
-                target[row, mask[row]] = self.targets[key].to(target.device)
+            target = per_token(batch, mask, self.targets, -1)
             hit = target >= 0
         # log p(token) = logit − logsumexp on the rollout rows only: no full log-softmax copy of the logits
         rows = batch.group.to(logits.device) == ROLLOUT
