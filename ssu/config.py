@@ -80,9 +80,6 @@ class TrainSettings:
     # (at least one window); used when set, instead of windows_per_backward.
     tokens_per_backward: int | None = None
     gradient_checkpointing: bool = False  # recompute activations in the backward (packed rows only)
-    # Momentum-SAM radius: each step's gradient taken at the weights + rho x AdamW's first moment / its norm
-    # (a flat removal that relearning does not climb back out of; ssu/engine/sharpness.py). 0: off.
-    sam_rho: float = 0.0
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -94,7 +91,6 @@ class TrainSettings:
                "train.epochs, train.batch_size, train.grad_accum, train.windows_per_backward and "
                "train.tokens_per_backward must be >= 1, train.max_length >= 8")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)")
-        _check(self.sam_rho >= 0, "train.sam_rho must be >= 0 (0: off)")
 
 
 @dataclass

@@ -171,17 +171,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                          "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
                                          "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
                                                              "rollout_target": "book"}}}),
-    # the preset with Momentum-SAM (train.sam_rho, ssu/engine/sharpness.py): every step's gradient taken at the
-    # weights nudged rho along AdamW's first moment -- a flat removal the relearning probe should not climb out of
-    **{f"onpolicy-sam{r:g}": ("suppress", {"generic": POOL, "regularizers": UNDAMPED,
-                                           "train": {**SUPPRESS_TRAIN, "sam_rho": float(r)},
-                                           "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
-                                           "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}})
-       for r in (0.3, 1, 3)},
-    "onpolicy-slid-kl30": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
-                                        "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
-                                            "lam": 30.0, "reference": "cached"}}],
-                                        "method": {"args": {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30]}}}),
     # onpolicy-slid-kl30 with the KL at λ 100: how far the pool's KL can hold the other books under the teacher term
     "onpolicy-slid-kl100": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                          "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
@@ -190,8 +179,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
-    # npo with Momentum-SAM (Fan et al. 2025 measured SAM with NPO): its forget loss is active at every step
-    "npo-sam0.3": ("npo", {"train": {"sam_rho": 0.3}}),
 }
 MAIN = list(VARIANTS)
 

@@ -38,7 +38,6 @@ from ssu.engine.distributed import Processes
 from ssu.engine.forget_set import ForgetSet
 from ssu.engine.losses import LEARN, RANDOM, RETAIN, Row, group_totals, make_batch
 from ssu.engine.saliency import SaliencyMasker, chunk_views, local
-from ssu.engine.sharpness import nudged
 from ssu.errors import SSUError
 
 StepHook = Callable[[int], None]  # after every optimizer step, with its index
@@ -210,9 +209,8 @@ def finetune(model, method, fs: ForgetSet, train: TrainSettings, hooks: Hooks | 
             batches = list(micro_batches(fs, method, train.batch_size, rng))
             for g in range(0, len(batches), train.grad_accum):
                 group = batches[g : g + train.grad_accum]
-                with nudged(optimizer, params, train.sam_rho, procs):  # Momentum-SAM (ssu/engine/sharpness.py)
-                    _accumulate(model, method, group, fs.pad_id, train.share_prompts, per_chunk, device, reference,
-                                procs, stats, step + 1, train.tokens_per_backward)
+                _accumulate(model, method, group, fs.pad_id, train.share_prompts, per_chunk, device, reference,
+                            procs, stats, step + 1, train.tokens_per_backward)
                 _check_finite_gradients(params, step + 1, procs)
                 mask_stats = masker(named)
                 if mask_stats:
