@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--others", type=int, default=64, help="generic.others (the preset's 64)")
     ap.add_argument("--ngram", type=int, default=4)
+    ap.add_argument("--generic-ngram", type=int, default=1, help="suppress's generic_ngram (1: the token itself)")
     ap.add_argument("--generic-dir", help="general text: also check against its windows")
     ap.add_argument("--windows", type=int, nargs="*", default=[64, 512], help="generic.windows to try")
     ap.add_argument("--top", type=int, default=20)
@@ -52,11 +53,12 @@ def main() -> None:
         sets.update({f"... + {n} general-text windows": rows + generic_windows(config(n)) for n in args.windows})
     for name, r in sets.items():
         fs = build_forget_set(args.step, windows, tok, with_random=False, retain=r, books=books, max_length=512)
-        book, generic = ngrams(fs.learn, args.ngram) - ngrams(fs.retain, args.ngram), ngrams(fs.retain, 1)
+        book = ngrams(fs.learn, args.ngram) - ngrams(fs.retain, args.ngram)
+        generic = ngrams(fs.retain, args.generic_ngram)
         counts: collections.Counter = collections.Counter()
         flagged = total = 0
         for e in fs.learn:
-            flags = book_flags(e.ids, e.n_prompt, book, args.ngram, generic, 1)
+            flags = book_flags(e.ids, e.n_prompt, book, args.ngram, generic, args.generic_ngram)
             flagged, total = flagged + sum(flags), total + len(flags)
             counts.update(tok.decode([e.ids[e.n_prompt + j]]) for j, f in enumerate(flags) if f)
         common = ", ".join(f"{t.strip()!r} {c}" for t, c in counts.most_common(args.top))

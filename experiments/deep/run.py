@@ -179,10 +179,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the preset with general text beside the owner's few retain rows (--generic-dir, 512 windows): on real books the
     # n-gram check then flags the book's own words (names, rare words) rather than every common word the 20 retain
     # rows lack (Gutenberg step 1: 9 % of the book's tokens flagged -- " own", " love", " man" -- 2 % with the text)
-    "onpolicy-generic1-capped-text": ("suppress", {"generic": {**POOL, "dir": GENERIC_DIR, "windows": 512},
-                                                   "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
-                                                   "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
-                                                   "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
+    # (-text64: 64 windows, 4 % flagged)
+    **{f"onpolicy-generic1-capped-text{'' if n == 512 else n}": (
+        "suppress", {"generic": {**POOL, "dir": GENERIC_DIR, "windows": n}, "regularizers": UNDAMPED,
+                     "train": SUPPRESS_TRAIN, "calibrate": {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0},
+                     "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}) for n in (512, 64)},
     # onpolicy-slid-kl30 with the KL at λ 100: how far the pool's KL can hold the other books under the teacher term
     "onpolicy-slid-kl100": ("suppress", {"generic": POOL, "train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL,
                                          "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
