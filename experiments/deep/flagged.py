@@ -23,7 +23,7 @@ def main() -> None:
     from ssu.engine.forget_set import build_forget_set
     from ssu.methods.suppress import book_flags, ngrams
     from ssu.models.loading import load_tokenizer
-    from ssu.recipes.pool import checked, generic_windows, other_windows
+    from ssu.recipes.pool import checked, other_windows, protected_rows
     from ssu.recipes.step import step_windows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,10 +47,10 @@ def main() -> None:
     books, windows, retain, _ = step_windows(args.data, args.step)
     cfg = config(None)
     pooled, _ = checked(cfg, args.step, other_windows(cfg, args.step))
-    rows = retain + [w for ws in pooled.values() for w in ws]
-    sets = {"retain texts + pooled windows": rows}
-    if args.generic_dir:
-        sets.update({f"... + {n} general-text windows": rows + generic_windows(config(n)) for n in args.windows})
+    sets = {"retain texts + pooled windows": protected_rows(cfg, retain, pooled)}
+    if args.generic_dir:  # the generic windows come before the pooled ones, as in a step
+        sets.update({f"... + {n} general-text windows": protected_rows(config(n), retain, pooled)
+                     for n in args.windows})
     for name, r in sets.items():
         fs = build_forget_set(args.step, windows, tok, with_random=False, retain=r, books=books, max_length=512)
         book = ngrams(fs.learn, args.ngram) - ngrams(fs.retain, args.ngram)

@@ -106,3 +106,10 @@ def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:
     """book -> audit windows of the books not yet removed after ``step`` whose calibration side
     joined the pool (evaluation grades them there only)."""
     return {b: set(s["audit"]) for b, s in other_splits(cfg, step).items() if not s["short"]}
+
+
+
+def protected_rows(cfg: RunConfig, retain: list[dict], pooled: dict[str, list[dict]]) -> list[dict]:
+    """The rows the regularizers protect: the retain books' ``retain`` windows, the generic text's
+    (``generic.dir``) and the other books' windows ``pooled`` for the regularizers (:func:`checked`)."""
+    return retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]
