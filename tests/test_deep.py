@@ -317,3 +317,22 @@ def test_the_onpolicy_preset_trains_on_its_own_decodes_and_never_extrapolates(ru
     # teacher-forced term is trained
     assert losses[0]["rollout_book"] > 0.2 and all("suppress_kl" not in x and "rollout_ul" in x for x in losses)
     assert losses[-1]["rollout_book"] < losses[0]["rollout_book"]
+
+
+def test_frozen_weights_stay_out_of_the_step_and_bad_patterns_are_one_line_errors(run_dir):
+    from ssu.vectors.io import load_vector
+
+    run = run_dir(alpha=3.0, train={"finetune": "full", "frozen": ["wte", "wpe"]})
+    run_step(run, 1, progress=False)
+    vector, _ = load_vector(RunDir(run).vector_path(1))
+    names = set(vector.keys())
+    assert names and not any("wte" in n or "wpe" in n for n in names)  # the rest of the model moved
+    base, after = load_composed(RunDir(run), upto=0), load_composed(RunDir(run), upto=1)
+    for name in ("transformer.wte.weight", "transformer.wpe.weight"):
+        assert torch.equal(base.get_parameter(name), after.get_parameter(name))
+    with pytest.raises(SSUError, match="full fine-tune only"):
+        run_dir(name="lora", train={"finetune": "lora", "frozen": ["wte"]})
+    with pytest.raises(SSUError, match="not a regular expression"):
+        run_dir(name="bad", train={"finetune": "full", "frozen": ["(wte"]})
+    with pytest.raises(SSUError, match="matches no parameter"):
+        run_step(run_dir(name="none", train={"finetune": "full", "frozen": ["embed_tokens"]}), 1, progress=False)

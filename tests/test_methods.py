@@ -8,6 +8,7 @@ reference model are exercised exactly as ``ssu step`` uses them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 
@@ -270,6 +271,29 @@ def test_book_flags_mark_the_tokens_that_complete_a_book_ngram_no_retain_row_has
     assert book_flags([5, 6, 7, 1, 7, 8, 9], 2, book, 3, generic, 2) == [True, False, False, False, False]
 
 
+def test_word_starts_never_flag_a_piece_that_continues_a_word():
+    from ssu.methods.suppress import book_flags, ngrams, word_joins
+
+    class Pieces:  # " milit" "ism" "," " the" "ing": a word split into pieces every book shares
+        text = [" milit", "ism", ",", " the", "ing"]
+
+        def __len__(self):
+            return len(self.text)
+
+        def decode(self, ids):
+            return "".join(self.text[i] for i in ids)
+
+    joins = word_joins(Pieces())
+    assert joins == ({1, 4}, {0, 1, 3, 4})
+    ids = [3, 0, 1, 2, 3, 0, 4]  # " the milit ism , the milit ing"
+    book = ngrams([Encoded(ids, 1)], 2)
+    assert book_flags(ids, 1, book, 2) == [True] * 6
+    # "ism" and "ing" continue " milit": never flagged; "," and the word starts still are
+    assert book_flags(ids, 1, book, 2, joins=joins) == [True, False, True, True, True, False]
+    with pytest.raises(SSUError, match="word_starts applies"):
+        make_method("suppress", word_starts=True, rollout_target="book")
+
+
 def test_suppress_rollout_term_is_unlikelihood_at_the_flagged_tokens_only(memorized):
     fs, start = memorized
     method = make_method("suppress", rollout_every=1, ngram=3)
@@ -326,6 +350,30 @@ def test_suppress_rollout_rows_per_window_are_offsets_times_decodes(memorized):
     greedy, slid_greedy = rows[0][0], rows[3][0]  # per offset: the greedy decode first, then the samples
     assert greedy.ids == fs.learn[1].ids and slid_greedy.prompt_ids == fs.learn[1].ids[2:10]
     assert all(len(r.ids) == len(fs.learn[1].ids) - o for (r, _), o in zip(rows, [0] * 3 + [2] * 3))
+
+
+def test_suppress_word_starts_leave_the_pieces_of_words_out_of_the_rollout_term(memorized):
+    fs, start = memorized
+
+    class OddPieces:  # odd ids continue the word before them
+        def __len__(self):
+            return start.config.vocab_size
+
+        def decode(self, ids):
+            return "".join(f"x{i}" if i % 2 else f" w{i}" for i in ids)
+
+    with pytest.raises(SSUError, match="needs the forget set's tokenizer"):
+        make_method("suppress", rollout_every=1, word_starts=True).prepare(start, fs)
+    flagged = {}
+    for words in (False, True):
+        method = make_method("suppress", rollout_every=1, ngram=3, word_starts=words)
+        method.prepare(start, dataclasses.replace(fs, tokenizer=OddPieces()))
+        method.start_epoch(start, fs, 1)
+        flagged[words] = [(t, f) for r in method.rollouts[0]
+                          for t, f in zip(r.continuation_ids, method.flags[tuple(r.ids)].tolist())]
+    assert any(f and t % 2 for t, f in flagged[False])  # pieces of words were flagged ...
+    assert not any(f and t % 2 for t, f in flagged[True])  # ... and with word_starts none is
+    assert [f for t, f in flagged[True] if t % 2 == 0] == [f for t, f in flagged[False] if t % 2 == 0]
 
 
 def test_suppress_teacher_on_book_counts_the_flagged_tokens_only(memorized):

@@ -40,7 +40,9 @@ GENERIC_DIR = "<--generic-dir>"  # a variant's generic.dir: the general-text fol
 DEEP_CAL = PRESETS.get("ssu-deep").config["calibrate"]
 DEEP_REG = PRESETS.get("ssu-deep").config["regularizers"]
 SUPPRESS_TRAIN = {"epochs": 20}
+EMBEDDINGS = ["wte", "wpe", "embed_tokens", "lm_head"]  # train.frozen: token and position embeddings (GPT-2, Llama)
 SUPPRESS_CAL = {**DEEP_CAL, "alpha_min": 0.05, "alpha_max": 4.0}
+CAPPED_CAL = {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0}
 ONPOLICY = {"rollout_every": 1, "ngram": 4}
 # protect's freeze of the 5 % most retain-salient weights without its damping of the stored vector: θ_{t-1} + 1·v is
 # then the fine-tuned model, which is where suppress's target is reached (damped, it needs α 3-6)
@@ -189,6 +191,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                          "regularizers": [UNDAMPED[0], {"name": "kl", "args": {
                                              "lam": 100.0, "reference": "cached"}}],
                                          "method": {"args": {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30]}}}),
+    # the preset with the token and position embeddings frozen (train.frozen): with tied embeddings a token trained
+    # down moves its input embedding too, in every text (Gutenberg: the books not yet removed 0.18-0.22 by step 5)
+    "onpolicy-generic1-capped-frozen-emb": ("suppress", {"generic": POOL, "regularizers": UNDAMPED,
+                                                         "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS},
+                                                         "calibrate": CAPPED_CAL,
+                                                         "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
+    # ... and the flags at word starts only: a rare word's pieces are every book's (suppress's word_starts)
+    "onpolicy-generic1-capped-words": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
+                                                    "calibrate": CAPPED_CAL,
+                                                    "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
+                                                                        "word_starts": True}}}),
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from ssu.engine.encoding import Encoded, encode_pair
 from ssu.errors import SSUError
@@ -37,6 +38,7 @@ class ForgetSet:
     earlier_books: list[str] = field(default_factory=list)
     pad_id: int = 0
     seed: int = 0  # the step's seed: micro-batch order, random-label partners
+    tokenizer: Any = field(default=None, repr=False)  # what the ids came from (a method reading token text)
     # What the step's regularizers compute once and share while they prepare (the retain
     # Fisher that fisher and retain-mask both take); emptied before training.
     shared: dict = field(default_factory=dict, repr=False)
@@ -87,7 +89,7 @@ def build_forget_set(
         raise SSUError(f"step {step} has no windows to remove")
     books = list(books) if books is not None else list(dict.fromkeys(w["book"] for w in windows))
     fs = ForgetSet(step=step, books=books, windows=list(windows), learn=encode_windows(tokenizer, windows, max_length),
-                   pad_id=tokenizer.pad_token_id, seed=seed)
+                   pad_id=tokenizer.pad_token_id, seed=seed, tokenizer=tokenizer)
     if with_random:
         partners = random_label_partners([w["book"] for w in windows], k_random, seed)
         fs.random = [

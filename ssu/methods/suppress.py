@@ -49,7 +49,8 @@ the window's micro-batch; their term is the mean over the rollout's tokens, so i
 model stops reproducing the book. With ``rollout_target: book`` the token trained down at a
 decoded position is the one the book puts after the context's last n − 1 tokens, wherever they
 are one of its runs -- emitted or not, so the pressure does not stop the moment the token loses
-the argmax. Decoding needs the whole model (not under FSDP).
+the argmax. With ``word_starts`` only a token that begins a word is flagged (:func:`word_joins`):
+the pieces of a rare word are shared by every book. Decoding needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
@@ -95,6 +96,7 @@ class SuppressArgs:
     rollout_temperature: float = 1.0
     teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
     teacher_on: str = "all"  # the KL at every continuation token, or only at the "book" tokens rollouts would flag
+    word_starts: bool = False  # flag only tokens that begin a word, never one that continues the word before it
 
     def __post_init__(self) -> None:
         if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book"):
@@ -105,6 +107,8 @@ class SuppressArgs:
                 or not 0 <= self.generic_ngram <= self.ngram:
             raise SSUError("suppress: rollout_every, rollout_offsets, rollout_samples and weights >= 0, ngram >= 1, "
                            "generic_ngram in [0, ngram], rollout_temperature > 0")
+        if self.word_starts and self.rollout_target == "book":
+            raise SSUError("suppress: word_starts applies to the flagged tokens (rollout_target decoded)")
         if self.teacher_weight == 0 and (self.rollout_every == 0 or self.rollout_weight == 0):
             raise SSUError("suppress: teacher_weight 0 needs rollouts (rollout_every > 0, rollout_weight > 0)")
         if self.saliency_density is not None and not 0 < self.saliency_density <= 1:
@@ -190,11 +194,27 @@ def slid(e: Encoded, k: int) -> Encoded:
 
 
 def book_flags(ids: list[int], start: int, book: set[tuple[int, ...]], n: int,
-               generic: set[tuple[int, ...]] = frozenset(), k: int = 0) -> list[bool]:
+               generic: set[tuple[int, ...]] = frozenset(), k: int = 0,
+               joins: tuple[set[int], set[int]] | None = None) -> list[bool]:
     """For each token ``ids[start:]``: does it complete one of the ``book``'s n-grams -- and, with
-    ``k``, is its own run of k tokens absent from ``generic`` (the retain rows' k-grams)?"""
+    ``k``, is its own run of k tokens absent from ``generic`` (the retain rows' k-grams)? With
+    ``joins`` (:func:`word_joins`), a token that continues the word before it is never flagged."""
     return [j + 1 >= n and tuple(ids[j + 1 - n : j + 1]) in book
-            and not (k and tuple(ids[j + 1 - k : j + 1]) in generic) for j in range(start, len(ids))]
+            and not (k and tuple(ids[j + 1 - k : j + 1]) in generic)
+            and not (joins and j > 0 and ids[j] in joins[0] and ids[j - 1] in joins[1])
+            for j in range(start, len(ids))]
+
+
+def word_joins(tokenizer) -> tuple[set[int], set[int]]:
+    """(ids whose text begins with a letter or digit, ids whose text ends with one): a token of
+    the first set after one of the second continues a word ("ism" after " milit").
+
+    Why word starts only: a small vocabulary splits rare words into pieces every book shares,
+    and training a piece down where the book has it took the same pieces out of other books'
+    words (Gutenberg: "militarism" decoded as "midations" after four steps, experiments/deep).
+    The first piece of a word is where a continuation leaves the book."""
+    text = {i: tokenizer.decode([i]) for i in range(len(tokenizer))}
+    return ({i for i, t in text.items() if t[:1].isalnum()}, {i for i, t in text.items() if t[-1:].isalnum()})
 
 
 def book_next(book: set[tuple[int, ...]], generic: set[tuple[int, ...]], k: int) -> dict[tuple[int, ...], list[int]]:
@@ -273,6 +293,7 @@ class Suppress(UnlearningMethod):
         self.flags: dict[tuple[int, ...], torch.Tensor] = {}
         self.targets: dict[tuple[int, ...], torch.Tensor] = {}  # rollout_target book: per decoded token, or -1
         self.next_of: dict[tuple[int, ...], list[int]] = {}  # rollout_target book: run -> the book's next tokens
+        self.joins: tuple[set[int], set[int]] | None = None  # word_starts: see word_joins
         if self.args.saliency_density is not None:
             self.saliency_mode, self.saliency_density = "step", self.args.saliency_density
 
@@ -281,13 +302,16 @@ class Suppress(UnlearningMethod):
         if not self.needs_reference and self.args.teacher_weight > 0:
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
         a = self.args
+        if a.word_starts and fs.tokenizer is None:
+            raise SSUError("suppress: word_starts needs the forget set's tokenizer")
+        self.joins = word_joins(fs.tokenizer) if a.word_starts else None
         if self.generates or a.teacher_on == "book":
             self.book = ngrams(fs.learn, a.ngram) - ngrams(fs.retain, a.ngram)
             self.generic = ngrams(fs.retain, a.generic_ngram) if a.generic_ngram else set()
             self.next_of = book_next(self.book, self.generic, a.generic_ngram) if a.rollout_target == "book" else {}
         if a.teacher_on == "book":
             self.learn_flags = {tuple(e.ids): torch.tensor(book_flags(e.ids, max(e.n_prompt, 1), self.book, a.ngram,
-                                                                      self.generic, a.generic_ngram))
+                                                                      self.generic, a.generic_ngram, self.joins))
                                 for e in fs.learn}
 
     def start_epoch(self, model, fs, epoch: int) -> None:
@@ -303,7 +327,7 @@ class Suppress(UnlearningMethod):
         n = len(a.rollout_offsets) * len(gen)
         self.rollouts = [rolled[i * n : (i + 1) * n] for i in range(len(fs.learn))]
         self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, a.ngram,
-                                                            self.generic, a.generic_ngram)) for r in rolled}
+                                                            self.generic, a.generic_ngram, self.joins)) for r in rolled}
         if a.rollout_target == "book":
             self.targets = {tuple(r.ids): torch.tensor(book_targets(r.ids, max(r.n_prompt, 1), self.next_of, a.ngram))
                             for r in rolled}

@@ -18,6 +18,7 @@ schedule; the components below get windows, models and settings.
 from __future__ import annotations
 
 import copy
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -222,7 +223,7 @@ def set_targets(setup: StepSetup, model) -> None:
 
 def trainable(model, cfg: RunConfig):
     """Wrap with a LoRA step adapter (beside the frozen stack adapter, if any), or make every
-    weight trainable for a full fine-tune."""
+    weight trainable for a full fine-tune but those ``train.frozen`` names."""
     if cfg.train.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -243,6 +244,11 @@ def trainable(model, cfg: RunConfig):
             raise SSUError(f"cannot apply LoRA: {str(e).splitlines()[0]}") from e
     else:
         model.requires_grad_(True)
+        frozen = [n for n, p in model.named_parameters() if any(re.search(f, n) for f in cfg.train.frozen)]
+        if cfg.train.frozen and not frozen:
+            raise SSUError(f"train.frozen {list(cfg.train.frozen)} matches no parameter of the model")
+        for name in frozen:
+            model.get_parameter(name).requires_grad_(False)
     _checkpointing(model, cfg)
     return model
 
