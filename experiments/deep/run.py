@@ -41,6 +41,7 @@ DEEP_CAL = PRESETS.get("ssu-deep").config["calibrate"]
 DEEP_REG = PRESETS.get("ssu-deep").config["regularizers"]
 SUPPRESS_TRAIN = {"epochs": 20}
 EMBEDDINGS = ["wte", "wpe", "embed_tokens", "lm_head"]  # train.frozen: token and position embeddings (GPT-2, Llama)
+SHARED = [*EMBEDDINGS, "ln_", "norm", r"\.bias$"]  # ... and the layer norms and biases
 SUPPRESS_CAL = {**DEEP_CAL, "alpha_min": 0.05, "alpha_max": 4.0}
 CAPPED_CAL = {**SUPPRESS_CAL, "margin": 0.02, "alpha_max": 1.0}
 ONPOLICY = {"rollout_every": 1, "ngram": 4}
@@ -202,6 +203,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                     "calibrate": CAPPED_CAL,
                                                     "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
                                                                         "word_starts": True}}}),
+    # both: the embeddings frozen and the flags at word starts
+    "onpolicy-generic1-capped-frozen-emb-words": ("suppress", {
+        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS},
+        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1, "word_starts": True}}}),
+    # ... and a token flagged unless its own bigram is in a retain row (generic_ngram 2: more of the book flaggable)
+    "onpolicy-generic1-capped-frozen-emb-words-g2": ("suppress", {
+        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS},
+        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
+    # ... with the layer norms and biases frozen too: every parameter that acts on every token alike
+    "onpolicy-generic1-capped-frozen-shared-words-g2": ("suppress", {
+        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
+        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
+    # ... and the removed books' calibration sides in the regularizers' rows (generic.removed): the pooled books run out
+    "onpolicy-generic1-capped-frozen-shared-words-g2-removed": ("suppress", {
+        "generic": {**POOL, "removed": True}, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
+        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
+    # ... the embeddings frozen and 64 general-text windows in the retain rows (the n-gram check and the KL)
+    "onpolicy-generic1-capped-frozen-emb-text64": ("suppress", {
+        "generic": {**POOL, "dir": GENERIC_DIR, "windows": 64}, "regularizers": UNDAMPED,
+        "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS}, "calibrate": CAPPED_CAL,
+        "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
