@@ -186,14 +186,12 @@ class GenericSettings:
     """What the regularizers protect beside the retain books (ssu/recipes/pool.py): ``windows``
     windows of general text from ``dir``, and ``others`` calibration-side windows of each book
     not yet removed (the owner's other memorized text; graded then on its audit side only), of
-    which ``check`` per book are kept from the regularizers and read by its floor alone; with
-    ``removed``, the calibration sides of the books removed at earlier steps as well."""
+    which ``check`` per book are kept from the regularizers and read by its floor alone."""
 
     dir: str | None = None
     windows: int = 64
     others: int = 0
     check: int = 0
-    removed: bool = False
 
     def __post_init__(self) -> None:
         _check(self.windows >= 1 and self.others >= 0 and self.check >= 0,

@@ -6,9 +6,7 @@ one group per pooled book, each window read at ``calibrate.keep_offsets``, and w
 ``generic.check`` the floor reads windows the regularizers never got; with
 ``calibrate.keep_from: memorized`` later steps' floors carry the first step's readings; evaluation grades a
 pooled book on its audit side only; and the pool moves the books not yet removed less than the
-retain books alone do, at the same α (``protect``: its Fisher then covers them). With
-``generic.removed`` the books removed at earlier steps join the regularizers on the calibration
-side their step recorded, never their audit side.
+retain books alone do, at the same α (``protect``: its Fisher then covers them).
 """
 
 from __future__ import annotations
@@ -135,23 +133,3 @@ def test_floors_read_each_window_at_keep_offsets(run_dir, synthetic_world):
         steady = mean_score(model, tok, ws, cfg.train.max_length, offsets=[0, 7, 15])
         assert cal["checks"][0][1][group] == pytest.approx(steady, abs=1e-6)
         assert cal["floors"][group] == pytest.approx(0.8 * steady, abs=1e-6)
-
-
-def test_removed_books_join_the_regularizers_on_their_calibration_side(run_dir):
-    from ssu.recipes.pool import removed_windows
-
-    run = run_dir(name="removed", regularizers=PROTECT, generic={"removed": True},
-                  calibrate={"enabled": True, "rouge": 0.2, "iterations": 2, "alpha_max": 2.0})
-    cfg = RunDir(run).config
-    retain = [w for w in read_window_rows(cfg.data) if w["role"] == "retain"]
-    first = run_step(run, 1, progress=False)
-    assert first["regularizers"]["protect"]["windows"] == len(retain)  # nothing removed before step 1
-    steps = json.loads((run / "manifest.json").read_text())["steps"]
-    (book, split), = steps["1"]["split"].items()
-    rows = removed_windows(cfg, steps, 2)
-    assert rows and {w["book"] for w in rows} == {book} and all(w["role"] == "retain" for w in rows)
-    assert sorted(w["window"] for w in rows) == sorted(split["calibration"])  # never its audit side
-    second = run_step(run, 2, progress=False)
-    assert second["regularizers"]["protect"]["windows"] == len(retain) + len(rows)
-    cfg.generic.removed = False
-    assert removed_windows(cfg, steps, 2) == []

@@ -215,10 +215,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-generic1-capped-frozen-shared-words-g2": ("suppress", {
         "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
         "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
-    # ... and the removed books' calibration sides in the regularizers' rows (generic.removed): the pooled books run out
-    "onpolicy-generic1-capped-frozen-shared-words-g2-removed": ("suppress", {
-        "generic": {**POOL, "removed": True}, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
-        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
     # ... the embeddings frozen and 64 general-text windows in the retain rows (the n-gram check and the KL)
     "onpolicy-generic1-capped-frozen-emb-text64": ("suppress", {
         "generic": {**POOL, "dir": GENERIC_DIR, "windows": 64}, "regularizers": UNDAMPED,

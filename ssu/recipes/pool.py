@@ -16,9 +16,6 @@ memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
   break on one flipped window and refuse the step (α 0); one floor over all pooled windows
   was tried and kept less (experiments/deep/README.md): a mean lets one book go.
 
-``generic.removed`` adds a third: the calibration sides of the books removed at earlier steps
-(:func:`removed_windows`), text θ_{t−1} already holds removed.
-
 A floor read on the very windows ``protect`` and ``kl`` keep is read on their training data:
 in the pretrained world, at step 1, those windows stayed at 0.85-1.00 of their score while the
 same books' audit windows fell to 0.22-0.98 (seeds 0-1, experiments/deep/README.md). ``generic.check: k``
@@ -112,30 +109,7 @@ def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:
 
 
 
-def removed_windows(cfg: RunConfig, manifest_steps: dict, step: int) -> list[dict]:
-    """``generic.removed``: the calibration windows of every book removed before ``step`` (the
-    split its step recorded), as retain rows; empty otherwise.
-
-    Why: the pooled books run out as the schedule goes on (five at Gutenberg's first step, one at
-    its fifth), and with them the text the regularizers keep like the other books. The books
-    already removed are such text, and θ_{t−1} holds them removed: the ``kl`` toward it keeps them
-    so, and ``suppress``'s n-gram check counts what they share with the book as the language's.
-    Their audit sides stay unseen, so "removed earlier" is still graded on text the recipe never
-    touched."""
-    if not cfg.generic.removed:
-        return []
-    from data_prep import read_window_rows
-    from ssu.recipes.targets import earlier_calibration_windows
-
-    forget = [w for w in read_window_rows(cfg.data) if w["role"] == "forget"]
-    return [{**w, "role": "retain"} for ws in earlier_calibration_windows(manifest_steps, step, forget).values()
-            for w in ws]
-
-
-def protected_rows(cfg: RunConfig, retain: list[dict], pooled: dict[str, list[dict]],
-                   removed: list[dict] = ()) -> list[dict]:
+def protected_rows(cfg: RunConfig, retain: list[dict], pooled: dict[str, list[dict]]) -> list[dict]:
     """The rows the regularizers protect: the retain books' ``retain`` windows, the generic text's
-    (``generic.dir``), the other books' windows ``pooled`` for the regularizers (:func:`checked`)
-    and the removed books' ``removed`` (:func:`removed_windows`)."""
-    return (retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]
-            + list(removed))
+    (``generic.dir``) and the other books' windows ``pooled`` for the regularizers (:func:`checked`)."""
+    return retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]

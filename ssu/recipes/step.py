@@ -39,7 +39,7 @@ from ssu.models.loading import load_tokenizer, resolve_device, resolve_dtype
 from ssu.recipes.calibrate import EarlyStop, audit_split, calibrate_step, calibration_windows
 from ssu.recipes.components import build_method, build_regularizers, method_label
 from ssu.recipes.compose import load_composed
-from ssu.recipes.pool import checked, other_windows, protected_rows, removed_windows
+from ssu.recipes.pool import checked, other_windows, protected_rows
 from ssu.recipes.run_dir import VECTOR, RunDir
 from ssu.regularizers import Regularized, Regularizer
 from ssu.vectors import LoraTaskVector, TaskVector
@@ -155,7 +155,7 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     # ssu/recipes/pool.py: the other books' calibration sides, split between the regularizers and the floors
     pooled, floors = checked(cfg, step, other_windows(cfg, step))
     if wants_retain:
-        retain = protected_rows(cfg, retain, pooled, removed_windows(cfg, run.manifest["steps"], step))
+        retain = protected_rows(cfg, retain, pooled)
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
                           with_random=method.uses_random_labels, retain=retain if wants_retain else None,
                           earlier=earlier if any(r.needs_earlier for r in regularizers) else None,
