@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +70,7 @@ class TrainSettings:
     max_length: int = 512
     max_grad_norm: float = 1.0
     finetune: str = "lora"  # "lora" | "full"
-    # full fine-tune: parameters whose name matches one of these regular expressions (re.search) stay
-    # frozen -- e.g. ["wte", "wpe"] keeps GPT-2's token and position embeddings, which every text reads
-    frozen: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)  # full fine-tune: names matching one (re.search) stay frozen
     # The next three are device-aware: `ssu init` writes GPU values into the run's config
     # unless they are given (ssu/recipes/init.py DEVICE_DEFAULTS); these are the CPU ones.
     share_prompts: bool = True  # forward each prompt once for its 1 + K rows (ssu/engine/prefix.py)
@@ -96,11 +93,6 @@ class TrainSettings:
                "train.tokens_per_backward must be >= 1, train.max_length >= 8")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0: no clipping)")
         _check(not self.frozen or self.finetune == "full", "train.frozen applies to a full fine-tune only")
-        for pattern in self.frozen:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise SSUError(f"train.frozen: {pattern!r} is not a regular expression ({e})") from None
 
 
 @dataclass

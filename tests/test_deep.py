@@ -333,6 +333,6 @@ def test_frozen_weights_stay_out_of_the_step_and_bad_patterns_are_one_line_error
     with pytest.raises(SSUError, match="full fine-tune only"):
         run_dir(name="lora", train={"finetune": "lora", "frozen": ["wte"]})
     with pytest.raises(SSUError, match="not a regular expression"):
-        run_dir(name="bad", train={"finetune": "full", "frozen": ["(wte"]})
+        run_step(run_dir(name="bad", train={"finetune": "full", "frozen": ["(wte"]}), 1, progress=False)
     with pytest.raises(SSUError, match="matches no parameter"):
         run_step(run_dir(name="none", train={"finetune": "full", "frozen": ["embed_tokens"]}), 1, progress=False)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 
 def words(text: str) -> list[str]:
+    """Words and punctuation marks as written -- not the metrics' ``normalize_words``, which drops
+    both case and punctuation, and a lost comma is one of the things looked for here."""
     return re.findall(r"\w+|[^\w\s]", text)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +125,21 @@ def _check_finite_gradients(params: list[torch.Tensor], step: int, procs: Proces
         ok = procs.sum((~ok).to(procs.device, torch.int64)) == 0
     if not bool(ok):
         raise SSUError(f"gradient is not finite at optimizer step {step}; lower train.lr")
+
+
+def frozen_names(model, patterns: list[str]) -> list[str]:
+    """The parameters ``train.frozen`` keeps out of a full fine-tune: those whose name matches one
+    of ``patterns`` (``re.search``) -- e.g. ["wte", "wpe"], GPT-2's token and position embeddings,
+    which every text reads. A pattern that does not compile, or a list that matches nothing, is a
+    one-line error."""
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as e:
+        raise SSUError(f"train.frozen: {e.pattern!r} is not a regular expression ({e})") from None
+    names = [n for n, _ in model.named_parameters() if any(c.search(n) for c in compiled)]
+    if patterns and not names:
+        raise SSUError(f"train.frozen {list(patterns)} matches no parameter of the model")
+    return names
 
 
 def linear_decay(total_steps: int) -> Callable[[int], float]:

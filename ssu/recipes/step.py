@@ -18,7 +18,6 @@ schedule; the components below get windows, models and settings.
 from __future__ import annotations
 
 import copy
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 from ssu.config import RunConfig
 from ssu.engine.distributed import Processes
-from ssu.engine.finetune import FinetuneResult, Hooks, StepHook, finetune
+from ssu.engine.finetune import FinetuneResult, Hooks, StepHook, finetune, frozen_names
 from ssu.engine.forget_set import ForgetSet, build_forget_set
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
 from ssu.engine.seeding import seed_everything
@@ -244,10 +243,7 @@ def trainable(model, cfg: RunConfig):
             raise SSUError(f"cannot apply LoRA: {str(e).splitlines()[0]}") from e
     else:
         model.requires_grad_(True)
-        frozen = [n for n, p in model.named_parameters() if any(re.search(f, n) for f in cfg.train.frozen)]
-        if cfg.train.frozen and not frozen:
-            raise SSUError(f"train.frozen {list(cfg.train.frozen)} matches no parameter of the model")
-        for name in frozen:
+        for name in frozen_names(model, cfg.train.frozen):
             model.get_parameter(name).requires_grad_(False)
     _checkpointing(model, cfg)
     return model
