@@ -215,6 +215,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-generic1-capped-frozen-shared-words-g2": ("suppress", {
         "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
         "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
+    # ... the same with the unigram check (generic_ngram 1): fewer tokens flagged
+    "onpolicy-generic1-capped-frozen-shared-words": ("suppress", {
+        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
+        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1, "word_starts": True}}}),
     # ... the embeddings frozen and 64 general-text windows in the retain rows (the n-gram check and the KL)
     "onpolicy-generic1-capped-frozen-emb-text64": ("suppress", {
         "generic": {**POOL, "dir": GENERIC_DIR, "windows": 64}, "regularizers": UNDAMPED,
