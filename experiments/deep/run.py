@@ -58,6 +58,16 @@ L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
+def capped(frozen: list[str] | None = None, word_starts: bool = False, generic_ngram: int = 1,
+           generic: dict = POOL) -> tuple[str, dict]:
+    """``onpolicy-generic1-capped`` with ``train.frozen`` names, ``word_starts`` flags, another
+    ``generic_ngram`` or another ``generic`` block (the Gutenberg variants of what the other books lose)."""
+    args = {**ONPOLICY_ONLY, "generic_ngram": generic_ngram, **({"word_starts": True} if word_starts else {})}
+    return ("suppress", {"generic": generic, "regularizers": UNDAMPED, "calibrate": CAPPED_CAL,
+                         "train": {**SUPPRESS_TRAIN, "frozen": frozen} if frozen else SUPPRESS_TRAIN,
+                         "method": {"args": args}})
+
+
 # name -> (method or preset, overrides). The ablations each take one component out of ssu-deep.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ssu": ("ssu", {}),
@@ -194,36 +204,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                          "method": {"args": {**ONPOLICY, "rollout_offsets": [0, 10, 20, 30]}}}),
     # the preset with the token and position embeddings frozen (train.frozen): with tied embeddings a token trained
     # down moves its input embedding too, in every text (Gutenberg: the books not yet removed 0.18-0.22 by step 5)
-    "onpolicy-generic1-capped-frozen-emb": ("suppress", {"generic": POOL, "regularizers": UNDAMPED,
-                                                         "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS},
-                                                         "calibrate": CAPPED_CAL,
-                                                         "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
+    "onpolicy-generic1-capped-frozen-emb": capped(frozen=EMBEDDINGS),
     # ... and the flags at word starts only: a rare word's pieces are every book's (suppress's word_starts)
-    "onpolicy-generic1-capped-words": ("suppress", {"generic": POOL, "regularizers": UNDAMPED, "train": SUPPRESS_TRAIN,
-                                                    "calibrate": CAPPED_CAL,
-                                                    "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1,
-                                                                        "word_starts": True}}}),
+    "onpolicy-generic1-capped-words": capped(word_starts=True),
     # both: the embeddings frozen and the flags at word starts
-    "onpolicy-generic1-capped-frozen-emb-words": ("suppress", {
-        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS},
-        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1, "word_starts": True}}}),
+    "onpolicy-generic1-capped-frozen-emb-words": capped(frozen=EMBEDDINGS, word_starts=True),
     # ... and a token flagged unless its own bigram is in a retain row (generic_ngram 2: more of the book flaggable)
-    "onpolicy-generic1-capped-frozen-emb-words-g2": ("suppress", {
-        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS},
-        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
+    "onpolicy-generic1-capped-frozen-emb-words-g2": capped(frozen=EMBEDDINGS, word_starts=True, generic_ngram=2),
     # ... with the layer norms and biases frozen too: every parameter that acts on every token alike
-    "onpolicy-generic1-capped-frozen-shared-words-g2": ("suppress", {
-        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
-        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 2, "word_starts": True}}}),
+    "onpolicy-generic1-capped-frozen-shared-words-g2": capped(frozen=SHARED, word_starts=True, generic_ngram=2),
     # ... the same with the unigram check (generic_ngram 1): fewer tokens flagged
-    "onpolicy-generic1-capped-frozen-shared-words": ("suppress", {
-        "generic": POOL, "regularizers": UNDAMPED, "train": {**SUPPRESS_TRAIN, "frozen": SHARED},
-        "calibrate": CAPPED_CAL, "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1, "word_starts": True}}}),
+    "onpolicy-generic1-capped-frozen-shared-words": capped(frozen=SHARED, word_starts=True),
     # ... the embeddings frozen and 64 general-text windows in the retain rows (the n-gram check and the KL)
-    "onpolicy-generic1-capped-frozen-emb-text64": ("suppress", {
-        "generic": {**POOL, "dir": GENERIC_DIR, "windows": 64}, "regularizers": UNDAMPED,
-        "train": {**SUPPRESS_TRAIN, "frozen": EMBEDDINGS}, "calibrate": CAPPED_CAL,
-        "method": {"args": {**ONPOLICY_ONLY, "generic_ngram": 1}}}),
+    "onpolicy-generic1-capped-frozen-emb-text64": capped(frozen=EMBEDDINGS, generic={**POOL, "dir": GENERIC_DIR,
+                                                                                     "windows": 64}),
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
