@@ -121,6 +121,7 @@ class CalibrateSettings:
     alpha_min: float = 0.5
     ratio: float = 1.25
     patience: int = 0  # scan: grid points in a row whose check fails that it steps over (needs keep: floors)
+    overshoot: float = 0.0  # take α × (1 + overshoot) past the crossing (≤ alpha_max) where its checks hold
 
     def __post_init__(self) -> None:
         _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
@@ -135,8 +136,9 @@ class CalibrateSettings:
                "calibrate.patience: >= 0, and only with search: scan and keep (floors guard a broken model)")
         _check(all(bool(o) and min(o) >= 0 for o in (self.offsets, self.keep_offsets)),
                "calibrate.offsets and calibrate.keep_offsets: words >= 0, at least one")
-        _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1),
-               "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep in (0, 1]")
+        _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1)
+               and self.overshoot >= 0, "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep "
+               "in (0, 1], calibrate.overshoot >= 0")
 
 
 def _specs(*names: str) -> list[ComponentSpec]:

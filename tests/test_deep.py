@@ -296,6 +296,27 @@ def test_scan_patience_steps_over_an_isolated_violation_and_never_past_a_lasting
         CalibrateSettings(enabled=True, search="scan", patience=2)  # no floors: a broken model would pass
 
 
+def test_overshoot_goes_past_the_crossing_only_where_every_check_holds():
+    scan = dict(enabled=True, rouge=0.2, alpha_max=4.0, iterations=4, search="scan", alpha_min=0.5)
+    now = lambda a: max(0.0, 1.0 - a / 4)  # noqa: E731 -- reaches 0.2 at α = 3.2 (capped at 4)
+    plain = calibrate_alpha(lambda a: max(0.0, 1.0 - a), CalibrateSettings(**scan))  # crosses at 0.8
+    past = calibrate_alpha(lambda a: max(0.0, 1.0 - a), CalibrateSettings(**scan, overshoot=0.5))
+    assert past["alpha"] == pytest.approx(1.5 * plain["alpha"]) and past["overshoot_from"] == plain["alpha"]
+    assert past["trials"][-1][0] == round(past["alpha"], 6)  # the model is left at the α taken
+    capped = calibrate_alpha(now, CalibrateSettings(**scan, overshoot=0.5))
+    assert capped["alpha"] == 4.0 and capped["reached"]  # never over alpha_max
+    # an earlier book lifted over its bound 0.25 above α 2: the overshoot is refused, the crossing kept
+    lifts = lambda a: {"b": 0.3 if a > 2.0 else 0.2}  # noqa: E731
+    for search in ("scan", "bisect"):
+        record = calibrate_alpha(lambda a: max(0.0, 1.0 - a), CalibrateSettings(**{**scan, "search": search},
+                                 overshoot=2.0), earlier=lifts, levels={"b": 0.2})
+        assert record["reached"] and record["alpha"] <= 2.0 and "overshoot_from" not in record
+        assert record["trials"][-1][0] == round(record["alpha"], 6)
+        _check_record(record, record["bounds"])
+    with pytest.raises(SSUError, match="overshoot"):
+        CalibrateSettings(enabled=True, overshoot=-0.1)
+
+
 def test_a_window_read_later_is_the_same_text():
     from ssu.recipes.targets import slide
 

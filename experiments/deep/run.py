@@ -59,11 +59,14 @@ L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
 L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 def capped(frozen: list[str] | None = None, word_starts: bool = False, generic_ngram: int = 1,
-           generic: dict = POOL) -> tuple[str, dict]:
+           generic: dict = POOL, overshoot: float = 0.0, **rollout) -> tuple[str, dict]:
     """``onpolicy-generic1-capped`` with ``train.frozen`` names, ``word_starts`` flags, another
-    ``generic_ngram`` or another ``generic`` block (the Gutenberg variants of what the other books lose)."""
-    args = {**ONPOLICY_ONLY, "generic_ngram": generic_ngram, **({"word_starts": True} if word_starts else {})}
-    return ("suppress", {"generic": generic, "regularizers": UNDAMPED, "calibrate": CAPPED_CAL,
+    ``generic_ngram``, another ``generic`` block, ``calibrate.overshoot`` or other ``suppress`` arguments
+    (``rollout``: the Gutenberg variants of what the other books lose)."""
+    args = {**ONPOLICY_ONLY, "generic_ngram": generic_ngram, **({"word_starts": True} if word_starts else {}),
+            **rollout}
+    return ("suppress", {"generic": generic, "regularizers": UNDAMPED,
+                         "calibrate": {**CAPPED_CAL, "overshoot": overshoot},
                          "train": {**SUPPRESS_TRAIN, "frozen": frozen} if frozen else SUPPRESS_TRAIN,
                          "method": {"args": args}})
 
@@ -213,6 +216,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-generic1-capped-frozen-emb-words-g2": capped(frozen=EMBEDDINGS, word_starts=True, generic_ngram=2),
     # ... with the layer norms and biases frozen too: every parameter that acts on every token alike
     "onpolicy-generic1-capped-frozen-shared-words-g2": capped(frozen=SHARED, word_starts=True, generic_ngram=2),
+    # ... a flagged token trained toward the decoding model's distribution there without it (rollout_loss kl)
+    # instead of by unlikelihood: the freed mass kept on the model's own next candidates (-runon: and the pieces
+    # that would glue onto the word before at a tenth of their odds)
+    "onpolicy-generic1-capped-frozen-shared-words-g2-kl": capped(frozen=SHARED, word_starts=True, generic_ngram=2,
+                                                                 rollout_loss="kl"),
+    # ... α doubled past the calibration windows' crossing (≤ 1) where the checks hold: the books' other windows
+    # crossed further up on seeds 1-2 (calibrate.overshoot)
+    "onpolicy-generic1-capped-frozen-shared-words-g2-over1": capped(frozen=SHARED, word_starts=True, generic_ngram=2,
+                                                                    overshoot=1.0),
+    "onpolicy-generic1-capped-frozen-shared-words-g2-kl-runon": capped(frozen=SHARED, word_starts=True,
+                                                                       generic_ngram=2, rollout_loss="kl",
+                                                                       run_on_weight=0.1),
     # ... the same with the unigram check (generic_ngram 1): fewer tokens flagged
     "onpolicy-generic1-capped-frozen-shared-words": capped(frozen=SHARED, word_starts=True),
     # ... the embeddings frozen and 64 general-text windows in the retain rows (the n-gram check and the KL)

@@ -50,7 +50,11 @@ model stops reproducing the book. With ``rollout_target: book`` the token traine
 decoded position is the one the book puts after the context's last n − 1 tokens, wherever they
 are one of its runs -- emitted or not, so the pressure does not stop the moment the token loses
 the argmax. With ``word_starts`` only a token that begins a word is flagged (:func:`word_joins`):
-the pieces of a rare word are shared by every book. Decoding needs the whole model (not under FSDP).
+the pieces of a rare word are shared by every book. With ``rollout_loss: kl`` a flagged token is
+trained toward the decoding model's own distribution at that context without it (and, with
+``run_on_weight``, without the pieces that would glue onto the word before) instead of by
+unlikelihood: the same loss at the decoding model, but the freed mass has a place to go
+(ssu/methods/rollouts.py says why). Decoding needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
@@ -78,6 +82,7 @@ from ssu.engine.losses import (
 )
 from ssu.errors import SSUError
 from ssu.methods.base import METHODS, UnlearningMethod
+from ssu.methods.rollouts import book_flags, book_next, book_targets, flagged_targets, ngrams, rollout, slid, word_joins
 
 
 @dataclass
@@ -97,6 +102,9 @@ class SuppressArgs:
     teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
     teacher_on: str = "all"  # the KL at every continuation token, or only at the "book" tokens rollouts would flag
     word_starts: bool = False  # flag only tokens that begin a word, never one that continues the word before it
+    rollout_loss: str = "unlikelihood"  # at a flagged token: −log(1 − p) or ("kl") KL to the decoding model's
+    # distribution there without the token (rollouts.flagged_targets; its topk as the teacher's)
+    run_on_weight: float = 1.0  # kl: odds of a piece that would glue onto the word before, in that target
 
     def __post_init__(self) -> None:
         if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book"):
@@ -109,6 +117,10 @@ class SuppressArgs:
                            "generic_ngram in [0, ngram], rollout_temperature > 0")
         if self.word_starts and self.rollout_target == "book":
             raise SSUError("suppress: word_starts applies to the flagged tokens (rollout_target decoded)")
+        if self.rollout_loss not in ("unlikelihood", "kl") or not 0 < self.run_on_weight <= 1 \
+                or (self.rollout_loss == "kl" and self.rollout_target == "book"):
+            raise SSUError("suppress: rollout_loss must be unlikelihood or kl (kl with rollout_target decoded), "
+                           "run_on_weight in (0, 1]")
         if self.teacher_weight == 0 and (self.rollout_every == 0 or self.rollout_weight == 0):
             raise SSUError("suppress: teacher_weight 0 needs rollouts (rollout_every > 0, rollout_weight > 0)")
         if self.saliency_density is not None and not 0 < self.saliency_density <= 1:
@@ -181,58 +193,6 @@ def shifted_labels(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     return batch.labels[:, batch.labels.size(1) - logits.size(1) :]
 
 
-def ngrams(rows: list[Encoded], n: int) -> set[tuple[int, ...]]:
-    """Every run of ``n`` consecutive token ids in ``rows``."""
-    return {tuple(e.ids[j - n : j]) for e in rows for j in range(n, len(e.ids) + 1)}
-
-
-def slid(e: Encoded, k: int) -> Encoded:
-    """The window read ``k`` tokens later: the prompt drops its first k tokens and takes the
-    continuation's first k (at least one continuation token is left)."""
-    k = min(k, len(e.continuation_ids) - 1)
-    return Encoded(ids=e.ids[k:], n_prompt=e.n_prompt) if k > 0 else e
-
-
-def book_flags(ids: list[int], start: int, book: set[tuple[int, ...]], n: int,
-               generic: set[tuple[int, ...]] = frozenset(), k: int = 0,
-               joins: tuple[set[int], set[int]] | None = None) -> list[bool]:
-    """For each token ``ids[start:]``: does it complete one of the ``book``'s n-grams -- and, with
-    ``k``, is its own run of k tokens absent from ``generic`` (the retain rows' k-grams)? With
-    ``joins`` (:func:`word_joins`), a token that continues the word before it is never flagged."""
-    return [j + 1 >= n and tuple(ids[j + 1 - n : j + 1]) in book
-            and not (k and tuple(ids[j + 1 - k : j + 1]) in generic)
-            and not (joins and j > 0 and ids[j] in joins[0] and ids[j - 1] in joins[1])
-            for j in range(start, len(ids))]
-
-
-def word_joins(tokenizer) -> tuple[set[int], set[int]]:
-    """(ids whose text begins with a letter or digit, ids whose text ends with one): a token of
-    the first set after one of the second continues a word ("ism" after " milit").
-
-    Why word starts only: a small vocabulary splits rare words into pieces every book shares,
-    and training a piece down where the book has it took the same pieces out of other books'
-    words (Gutenberg: "militarism" decoded as "midations" after four steps, experiments/deep).
-    The first piece of a word is where a continuation leaves the book."""
-    text = {i: tokenizer.decode([i]) for i in range(len(tokenizer))}
-    return ({i for i, t in text.items() if t[:1].isalnum()}, {i for i, t in text.items() if t[-1:].isalnum()})
-
-
-def book_next(book: set[tuple[int, ...]], generic: set[tuple[int, ...]], k: int) -> dict[tuple[int, ...], list[int]]:
-    """Each book n-gram's first n − 1 tokens -> the tokens the book puts after them (those whose
-    own last k tokens no retain row has, with ``k``)."""
-    out: dict[tuple[int, ...], list[int]] = {}
-    for g in book:
-        if not (k and g[-k:] in generic):
-            out.setdefault(g[:-1], []).append(g[-1])
-    return out
-
-
-def book_targets(ids: list[int], start: int, nxt: dict[tuple[int, ...], list[int]], n: int) -> list[int]:
-    """For each token ``ids[start:]``: the token the book puts after the n − 1 tokens before it
-    (the smallest id where it has several), or −1 where they are not one of its runs."""
-    return [min(nxt.get(tuple(ids[j + 1 - n : j]), [-1])) if j + 1 >= n else -1 for j in range(start, len(ids))]
-
-
 def row_key(batch: Batch, row: int) -> tuple[int, ...]:
     """A batch row's token ids without padding: how a row finds what was stored for its window."""
     return tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
@@ -245,32 +205,6 @@ def per_token(batch: Batch, mask: torch.Tensor, table: dict[tuple[int, ...], tor
     out = torch.full(mask.shape, fill, dtype=values.dtype, device=mask.device)
     for row in mask.any(-1).nonzero().flatten().tolist():
         out[row, mask[row]] = table[row_key(batch, row)].to(mask.device)
-    return out
-
-
-@torch.no_grad()
-def rollout(model, prompts: list[list[int]], budgets: list[int], pad_id: int, batch_size: int = 16,
-            temperature: float | None = None) -> list[list[int]]:
-    """Greedy continuations of ``prompts`` (left-padded batches), each cut to its budget; with
-    ``temperature``, sampled from the whole distribution (torch's global generator).
-
-    Not ``ssu.eval.generation``: methods sit below the evaluation stage, and this needs none
-    of its budgeting -- one short decode of one step's windows."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for b in range(0, len(prompts), batch_size):
-        part, budget = prompts[b : b + batch_size], max(budgets[b : b + batch_size])
-        width = max(map(len, part))
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in part], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=(torch.arange(width, device=device) >=
-                             torch.tensor([width - len(p) for p in part], device=device)[:, None]).long(),
-                             max_new_tokens=budget, min_new_tokens=budget, pad_token_id=pad_id,
-                             **({"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-                                if temperature else {"do_sample": False}))[:, width:].tolist()
-        out += [g[:n] for g, n in zip(gen, budgets[b : b + batch_size])]
-    model.train(was_training)
     return out
 
 
@@ -293,7 +227,8 @@ class Suppress(UnlearningMethod):
         self.flags: dict[tuple[int, ...], torch.Tensor] = {}
         self.targets: dict[tuple[int, ...], torch.Tensor] = {}  # rollout_target book: per decoded token, or -1
         self.next_of: dict[tuple[int, ...], list[int]] = {}  # rollout_target book: run -> the book's next tokens
-        self.joins: tuple[set[int], set[int]] | None = None  # word_starts: see word_joins
+        self.joins: tuple[set[int], set[int]] | None = None  # word_starts, run_on_weight: see word_joins
+        self.rollout_q: dict[tuple[int, ...], tuple] = {}  # rollout_loss kl: per rollout row, its flagged targets
         if self.args.saliency_density is not None:
             self.saliency_mode, self.saliency_density = "step", self.args.saliency_density
 
@@ -302,16 +237,17 @@ class Suppress(UnlearningMethod):
         if not self.needs_reference and self.args.teacher_weight > 0:
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
         a = self.args
-        if a.word_starts and fs.tokenizer is None:
-            raise SSUError("suppress: word_starts needs the forget set's tokenizer")
-        self.joins = word_joins(fs.tokenizer) if a.word_starts else None
+        if (a.word_starts or a.run_on_weight < 1) and fs.tokenizer is None:
+            raise SSUError("suppress: word_starts and run_on_weight need the forget set's tokenizer")
+        self.joins = word_joins(fs.tokenizer) if a.word_starts or a.run_on_weight < 1 else None
         if self.generates or a.teacher_on == "book":
             self.book = ngrams(fs.learn, a.ngram) - ngrams(fs.retain, a.ngram)
             self.generic = ngrams(fs.retain, a.generic_ngram) if a.generic_ngram else set()
             self.next_of = book_next(self.book, self.generic, a.generic_ngram) if a.rollout_target == "book" else {}
         if a.teacher_on == "book":
+            joins = self.joins if a.word_starts else None
             self.learn_flags = {tuple(e.ids): torch.tensor(book_flags(e.ids, max(e.n_prompt, 1), self.book, a.ngram,
-                                                                      self.generic, a.generic_ngram, self.joins))
+                                                                      self.generic, a.generic_ngram, joins))
                                 for e in fs.learn}
 
     def start_epoch(self, model, fs, epoch: int) -> None:
@@ -326,8 +262,14 @@ class Suppress(UnlearningMethod):
         rolled = [Encoded(ids=p.prompt_ids + g[j], n_prompt=p.n_prompt) for j, p in enumerate(prompts) for g in gen]
         n = len(a.rollout_offsets) * len(gen)
         self.rollouts = [rolled[i * n : (i + 1) * n] for i in range(len(fs.learn))]
+        joins = self.joins if a.word_starts else None
         self.flags = {tuple(r.ids): torch.tensor(book_flags(r.ids, max(r.n_prompt, 1), self.book, a.ngram,
-                                                            self.generic, a.generic_ngram, self.joins)) for r in rolled}
+                                                            self.generic, a.generic_ngram, joins)) for r in rolled}
+        if a.rollout_loss == "kl":  # the target at the flagged tokens, from the model that decoded them
+            rows = list({tuple(r.ids): r for r in rolled}.values())
+            q = flagged_targets(model, rows, [self.flags[tuple(r.ids)] for r in rows], fs.pad_id, a.topk,
+                                self.joins, a.run_on_weight)
+            self.rollout_q = {tuple(r.ids): t for r, t in zip(rows, q)}
         if a.rollout_target == "book":
             self.targets = {tuple(r.ids): torch.tensor(book_targets(r.ids, max(r.n_prompt, 1), self.next_of, a.ngram))
                             for r in rolled}
@@ -342,7 +284,8 @@ class Suppress(UnlearningMethod):
             teacher = self.teacher_kl(logits, batch, reference)
             loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
         if batch.has(ROLLOUT):
-            term, book = self.unlikelihood(logits, batch)
+            term, book = self.unlikelihood(logits, batch) if self.args.rollout_loss == "unlikelihood" \
+                else self.rollout_kl(logits, batch)
             loss = loss + self.args.rollout_weight * term
             parts.update(rollout_ul=term.item(), rollout_book=book.item())
         return loss, parts
@@ -387,3 +330,15 @@ class Suppress(UnlearningMethod):
         logp = lg.gather(-1, want).squeeze(-1) - lg.logsumexp(-1)
         ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * hit[rows]
         return group_mean_nll(ul, mask, batch, ROLLOUT), group_mean_nll(flagged.float(), mask, batch, ROLLOUT)
+
+    def rollout_kl(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(q ‖ p_θ) at the flagged rollout tokens (q: :func:`flagged_targets`, over the k + 2
+        outcomes of the cached teacher), over the rollouts' tokens; and the flagged fraction."""
+        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
+        mask = labels != IGNORE_INDEX
+        flagged = per_token(batch, mask, self.flags, False)
+        kl = logits[..., 0].float() * 0  # in the graph: a micro-batch with nothing flagged still backpropagates
+        for row in flagged.any(-1).nonzero().flatten().tolist():
+            ids, logq, tok = self.rollout_q[row_key(batch, row)]
+            kl[row, flagged[row]] = cached_kl(logits[row][flagged[row]], ids, logq, tok)
+        return group_mean_nll(kl, mask, batch, ROLLOUT), group_mean_nll(flagged.float(), mask, batch, ROLLOUT)

@@ -98,6 +98,12 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     manifest keeps (chosen α, target, score at α = 0, reached, every trial as ``[α, score]``,
     with constraints the bounds and every check as ``[α, {book: score}, admissible]``); the
     model is left at the chosen α.
+
+    ``settings.overshoot`` δ > 0: the α that reaches the target is the crossing on the
+    calibration windows; a book's other windows can cross a little further up (Gutenberg seeds
+    1-2, step 1: the audit windows stayed memorized at the calibration windows' α,
+    experiments/deep). The step then takes min(alpha_max, α × (1 + δ)) where that α's check
+    holds (recorded as ``overshoot_from``), else the crossing itself.
     """
     trials: list[list[float]] = []
     checks: list[list] = []
@@ -134,6 +140,11 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
             record["anchors"] = {b: round(anchors.get(b, checks[0][1][b]), 6) for b in floors}
 
     def done(alpha: float, reached: bool, **extra) -> dict:
+        past = min(settings.alpha_max, alpha * (1 + settings.overshoot))
+        if reached and past > alpha:  # overshoot: past the crossing, where the checks still hold
+            measure(past)
+            if admissible(past):
+                return {**record, **extra, "alpha": past, "reached": True, "overshoot_from": alpha}
         if trials[-1][0] != round(alpha, 6):
             measure(alpha)  # leave the model at the chosen α
         return {**record, **extra, "alpha": alpha, "reached": reached}
