@@ -122,6 +122,7 @@ class CalibrateSettings:
     ratio: float = 1.25
     patience: int = 0  # scan: grid points in a row whose check fails that it steps over (needs keep: floors)
     overshoot: float = 0.0  # take α × (1 + overshoot) past the crossing (≤ alpha_max) where its checks hold
+    backoff: float = 0.0  # a check-limited α is taken × (1 − backoff): not on the edge of a flipped window
 
     def __post_init__(self) -> None:
         _check(self.alpha_max > 0 and self.iterations >= 0 and self.windows >= 1 and 0 < self.fraction <= 1
@@ -137,8 +138,8 @@ class CalibrateSettings:
         _check(all(bool(o) and min(o) >= 0 for o in (self.offsets, self.keep_offsets)),
                "calibrate.offsets and calibrate.keep_offsets: words >= 0, at least one")
         _check(0 <= self.margin <= 1 and 0 <= self.slack <= 1 and (self.keep is None or 0 < self.keep <= 1)
-               and self.overshoot >= 0, "calibrate.margin and calibrate.slack must be in [0, 1], calibrate.keep "
-               "in (0, 1], calibrate.overshoot >= 0")
+               and self.overshoot >= 0 and 0 <= self.backoff < 1, "calibrate.margin and calibrate.slack must be in "
+               "[0, 1], calibrate.keep in (0, 1], calibrate.overshoot >= 0, calibrate.backoff in [0, 1)")
 
 
 def _specs(*names: str) -> list[ComponentSpec]:

@@ -317,6 +317,27 @@ def test_overshoot_goes_past_the_crossing_only_where_every_check_holds():
         CalibrateSettings(enabled=True, overshoot=-0.1)
 
 
+def test_backoff_leaves_a_check_limited_alpha_off_the_edge_of_the_flip():
+    scan = dict(enabled=True, rouge=0.2, alpha_max=8.0, iterations=6, search="scan", alpha_min=0.5)
+    slow = lambda a: max(0.0, 1.0 - a / 8)  # noqa: E731 -- the target lies past the α where a bound breaks
+    lifts = lambda a: {"b": 0.3 if a > 2.0 else 0.2}  # noqa: E731
+    edge = calibrate_alpha(slow, CalibrateSettings(**scan), earlier=lifts, levels={"b": 0.2})
+    assert edge["constrained"] and 1.9 < edge["alpha"] <= 2.0  # on the edge of the flip
+    off = calibrate_alpha(slow, CalibrateSettings(**scan, backoff=0.2), earlier=lifts, levels={"b": 0.2})
+    assert off["alpha"] == pytest.approx(0.8 * edge["alpha"]) and off["backed_off_from"] == edge["alpha"]
+    assert off["trials"][-1][0] == round(off["alpha"], 6) and not off["reached"]
+    _check_record(off, off["bounds"])
+    # a bound that also breaks further down (non-monotone): the edge is kept rather than an α that breaks it
+    both = lambda a: {"b": 0.3 if a > 2.0 or 1.55 < a < 1.65 else 0.2}  # noqa: E731 -- between grid points
+    kept = calibrate_alpha(slow, CalibrateSettings(**scan, backoff=0.2), earlier=both, levels={"b": 0.2})
+    assert kept["alpha"] == edge["alpha"] and "backed_off_from" not in kept
+    assert kept["trials"][-1][0] == round(kept["alpha"], 6)
+    unbounded = calibrate_alpha(slow, CalibrateSettings(**scan, backoff=0.2))  # nothing limits α: no backoff
+    assert unbounded["reached"] and "backed_off_from" not in unbounded
+    with pytest.raises(SSUError, match="backoff"):
+        CalibrateSettings(enabled=True, backoff=1.0)
+
+
 def test_a_window_read_later_is_the_same_text():
     from ssu.recipes.targets import slide
 

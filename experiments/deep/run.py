@@ -59,14 +59,14 @@ L100 = [{"name": "protect", "args": {"lam": 100.0, "fraction": 0.05}},
 L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
         {"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
 def capped(frozen: list[str] | None = None, word_starts: bool = False, generic_ngram: int = 1,
-           generic: dict = POOL, overshoot: float = 0.0, **rollout) -> tuple[str, dict]:
+           generic: dict = POOL, overshoot: float = 0.0, backoff: float = 0.0, **rollout) -> tuple[str, dict]:
     """``onpolicy-generic1-capped`` with ``train.frozen`` names, ``word_starts`` flags, another
-    ``generic_ngram``, another ``generic`` block, ``calibrate.overshoot`` or other ``suppress`` arguments
+    ``generic_ngram``, another ``generic`` block, ``calibrate.overshoot`` / ``backoff`` or other ``suppress`` arguments
     (``rollout``: the Gutenberg variants of what the other books lose)."""
     args = {**ONPOLICY_ONLY, "generic_ngram": generic_ngram, **({"word_starts": True} if word_starts else {}),
             **rollout}
     return ("suppress", {"generic": generic, "regularizers": UNDAMPED,
-                         "calibrate": {**CAPPED_CAL, "overshoot": overshoot},
+                         "calibrate": {**CAPPED_CAL, "overshoot": overshoot, "backoff": backoff},
                          "train": {**SUPPRESS_TRAIN, "frozen": frozen} if frozen else SUPPRESS_TRAIN,
                          "method": {"args": args}})
 
@@ -225,6 +225,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # crossed further up on seeds 1-2 (calibrate.overshoot)
     "onpolicy-generic1-capped-frozen-shared-words-g2-over1": capped(frozen=SHARED, word_starts=True, generic_ngram=2,
                                                                     overshoot=1.0),
+    # ... a check-limited α taken at 0.8 of it (calibrate.backoff): seed 1's step 3 was refused because step 2's α
+    # sat on the edge of a pooled window's flip (1.00 at α 0.691, 0.76 from step 3's α 0.003)
+    "onpolicy-generic1-capped-frozen-shared-words-g2-backoff": capped(frozen=SHARED, word_starts=True,
+                                                                      generic_ngram=2, backoff=0.2),
+    # ... each optimizer step moving only its 5 % of weights with the largest gradient (saliency_density): a
+    # localised change against the spill onto rare words of books the step never trained on
+    "onpolicy-generic1-capped-frozen-shared-words-g2-sparse": capped(frozen=SHARED, word_starts=True, generic_ngram=2,
+                                                                     saliency_density=0.05),
     "onpolicy-generic1-capped-frozen-shared-words-g2-kl-runon": capped(frozen=SHARED, word_starts=True,
                                                                        generic_ngram=2, rollout_loss="kl",
                                                                        run_on_weight=0.1),

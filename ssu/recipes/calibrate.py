@@ -104,6 +104,12 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
     1-2, step 1: the audit windows stayed memorized at the calibration windows' α,
     experiments/deep). The step then takes min(alpha_max, α × (1 + δ)) where that α's check
     holds (recorded as ``overshoot_from``), else the crossing itself.
+
+    ``settings.backoff`` β > 0: an α limited by a check (``constrained``) is the largest that
+    keeps a window of a checked book from flipping, so it leaves the model on the edge of that
+    flip, and the next step's first α flips it (Gutenberg seed 1: a floor window at 1.00 at step
+    2's α 0.691, at 0.76 from α 0.003 of step 3, which was refused). The step then takes
+    α × (1 − β) where that α's check holds (recorded as ``backed_off_from``).
     """
     trials: list[list[float]] = []
     checks: list[list] = []
@@ -141,10 +147,15 @@ def calibrate_alpha(score: Callable[[float], float], settings, target: Callable[
 
     def done(alpha: float, reached: bool, **extra) -> dict:
         past = min(settings.alpha_max, alpha * (1 + settings.overshoot))
-        if reached and past > alpha:  # overshoot: past the crossing, where the checks still hold
+        if reached and past > alpha and not extra:  # overshoot: past the crossing, where the checks still hold
             measure(past)
             if admissible(past):
                 return {**record, **extra, "alpha": past, "reached": True, "overshoot_from": alpha}
+        back = alpha * (1 - settings.backoff)
+        if extra.get("constrained") and back < alpha:  # back off the edge of the check that limited α
+            s = measure(back)
+            if admissible(back):
+                return {**record, **extra, "alpha": back, "reached": s <= target, "backed_off_from": alpha}
         if trials[-1][0] != round(alpha, 6):
             measure(alpha)  # leave the model at the chosen α
         return {**record, **extra, "alpha": alpha, "reached": reached}
