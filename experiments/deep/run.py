@@ -233,6 +233,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # localised change against the spill onto rare words of books the step never trained on
     "onpolicy-generic1-capped-frozen-shared-words-g2-sparse": capped(frozen=SHARED, word_starts=True, generic_ngram=2,
                                                                      saliency_density=0.05),
+    "onpolicy-generic1-capped-frozen-shared-words-g2-sparse2": capped(frozen=SHARED, word_starts=True, generic_ngram=2,
+                                                                      saliency_density=0.02),
     "onpolicy-generic1-capped-frozen-shared-words-g2-kl-runon": capped(frozen=SHARED, word_starts=True,
                                                                        generic_ngram=2, rollout_loss="kl",
                                                                        run_on_weight=0.1),
