@@ -21,7 +21,7 @@ import collections
 def main() -> None:
     from ssu.config import RunConfig, load
     from ssu.engine.forget_set import build_forget_set
-    from ssu.methods.suppress import book_flags, ngrams
+    from ssu.methods.rollouts import book_flags, ngrams
     from ssu.models.loading import load_tokenizer
     from ssu.recipes.pool import checked, other_windows, protected_rows
     from ssu.recipes.step import step_windows
