@@ -46,6 +46,7 @@ VARIANTS = {
     "kl (reference: cached)": {"regularizers": [{"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]},
     "protect": {"regularizers": [{"name": "protect", "args": {"lam": 30.0, "fraction": 0.05}}]},
     "guard": {"regularizers": ["guard"]},
+    "logit-margin": {"regularizers": [{"name": "logit-margin", "args": {"lam": 10.0}}]},
     "early stop (calibrate.early_stop)": {"calibrate": {"early_stop": True, "windows": 2}},
     # a method in place of ssu's: what it holds beyond plain ssu (ssu/methods/suppress.py)
     "suppress (reference: model)": {"method": {"name": "suppress", "args": {"reference": "model"}}},

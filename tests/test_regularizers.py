@@ -4,6 +4,8 @@
 - ``retain-mask``: the frozen weights are exactly unchanged, and retained text moves less.
 - ``guard``: at step 2 the book removed at step 1 ends further away (higher NLL) than
   without it; at step 1 (no earlier book) the step is bit-identical to the plain one.
+- ``logit-margin``: retain tokens whose greedy prediction a gradient-ascent step flips are fewer, and
+  its hinge (each token's logit margin below θ_{t−1}'s, capped) smaller, than without it.
 - Regularizers compose: a method that ignores retain windows (``tv``) takes them.
 """
 
@@ -41,7 +43,7 @@ def _hurt(runs: dict, world, step: int = 1, role: str = "retain", book=None) -> 
 
 
 def test_every_regularizer_is_registered():
-    assert set(REGULARIZERS.names()) >= {"fisher", "kl", "retain-mask", "guard"}
+    assert set(REGULARIZERS.names()) >= {"fisher", "kl", "retain-mask", "guard", "logit-margin"}
 
 
 def test_kl_to_the_previous_model_moves_retained_text_less(run_dir, synthetic_world):
@@ -117,3 +119,36 @@ def test_guard_pushes_the_earlier_book_further_and_leaves_step_one_alone(run_dir
 def test_a_loss_regularizer_composes_with_any_method(run_dir, method):
     entry = run_step(run_dir(method=method, name=method, regularizers=["kl"]), 1, progress=False)
     assert entry["method"] == method and entry["regularizers"]["kl"]["mean_kl"] >= 0
+
+
+def _retain_margins(model, world) -> torch.Tensor:
+    from data_prep import read_window_rows
+    from ssu.regularizers.logit_margin import reference_margins
+
+    tok = load_tokenizer(str(world.memorized))
+    rows = [w for w in read_window_rows(world.prepared) if w["role"] == "retain"]
+    return torch.cat([reference_margins(model, make_batch([(encode_pair(tok, w["prompt"], w["continuation"], 512),
+                                                              LEARN)], tok.pad_token_id)) for w in rows])
+
+
+def test_margin_keeps_the_retain_tokens_greedy_prediction(run_dir, synthetic_world):
+    runs = {"plain": run_dir(method="ga", name="plain"),
+            "margin": run_dir(method="ga", name="margin",
+                              regularizers=[{"name": "logit-margin", "args": {"lam": 10.0, "cap": 2.0}}])}
+    entry = [run_step(r, 1, progress=False) for r in runs.values()][-1]
+    rec = entry["regularizers"]["logit-margin"]
+    assert rec["rows"] > 0 and rec["mean_hinge"] >= 0 and "retain_margin" in entry["final_loss"]
+    before = _retain_margins(load_composed(RunDir(runs["plain"]), upto=0), synthetic_world)
+    after = {n: _retain_margins(load_composed(RunDir(r), upto=1), synthetic_world) for n, r in runs.items()}
+    flipped = {n: int(((before > 0) & (m <= 0)).sum()) for n, m in after.items()}
+    hinge = {n: float(torch.relu(before.clamp(max=2.0) - m).mean()) for n, m in after.items()}
+    assert flipped["plain"] > 0 and flipped["margin"] < flipped["plain"], flipped
+    assert hinge["margin"] < 0.5 * hinge["plain"], hinge
+
+
+def test_margin_is_the_target_logit_over_the_best_other():
+    from ssu.regularizers.logit_margin import margins
+
+    logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, -1.0], [1.0, 1.0, 0.0]])
+    got = margins(logits, torch.tensor([0, 0, 1]))
+    assert torch.allclose(got, torch.tensor([0.5, -4.0, 0.0]))  # a tie is not a greedy hit

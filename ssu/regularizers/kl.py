@@ -65,7 +65,8 @@ def continuation_kl(model, reference, batch) -> torch.Tensor:
     return F.kl_div(logp, logq, log_target=True, reduction="batchmean")
 
 
-def _labelled_logits(model, batch) -> torch.Tensor:
+def labelled_logits(model, batch) -> torch.Tensor:
+    """The next-token logits (float32) at a batch's labelled positions, one row per labelled token."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
     return logits[batch.labels[:, 1:] != -100]
 
@@ -76,7 +77,7 @@ def reference_topk(model, batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     tokens (int32 ids) and the log-probabilities of those k plus the rest's bucket (float32)."""
     was_training = model.training
     model.eval()
-    logp = F.log_softmax(_labelled_logits(model, batch.to(next(model.parameters()).device)), -1)
+    logp = F.log_softmax(labelled_logits(model, batch.to(next(model.parameters()).device)), -1)
     model.train(was_training)
     top, ids = logp.topk(min(k, logp.shape[-1]), -1)
     return ids.to(torch.int32), torch.cat([top, log_rest(top)], -1)  # int32 ids: half the bytes, exact
@@ -84,7 +85,7 @@ def reference_topk(model, batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cached_kl(model, batch, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Mean over labelled tokens of KL(p_ref ‖ p_model) over each position's cached top k + rest."""
-    logq = F.log_softmax(_labelled_logits(model, batch), -1)
+    logq = F.log_softmax(labelled_logits(model, batch), -1)
     device = logq.device
     ids = torch.cat([c[0] for c in cache]).to(device, torch.int64)
     logp = torch.cat([c[1] for c in cache]).to(device)
