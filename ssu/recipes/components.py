@@ -1,6 +1,6 @@
 """The run config's components, checked against their registries and built.
 
-``ssu/config.py`` knows the shape of a run config but no registry; this is where a
+``ssu/config/`` knows the shape of a run config but no registry; this is where a
 config's names meet them. :func:`resolve` checks every name (method, regularizers,
 text metrics, evaluation sets, model metrics, probes) and fills each block's ``args`` with the
 component's own ``Args`` dataclass -- defaults included, so the stored config names
