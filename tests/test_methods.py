@@ -202,3 +202,20 @@ def test_suppress_cached_trains_like_the_reference_model(memorized):
     assert abs(ce(cached, fs.learn) - ce(exact, fs.learn)) < 0.05 * ce(exact, fs.learn)
     with pytest.raises(SSUError, match="prepared"):
         make_method("suppress").loss(start, make_batch([(e, LEARN) for e in fs.learn], PAD))
+
+
+def test_suppress_fixed_saliency_moves_only_its_fraction_of_the_weights(memorized):
+    """A mask per optimizer step moves a union of masks over the step; ``saliency: fixed`` moves
+    exactly the first step's top fraction (weight decay is off, so nothing outside it changes)."""
+    _, start = memorized
+    before = dict(start.named_parameters())
+
+    def moved(model) -> float:
+        changed = sum(int((p != before[n]).sum()) for n, p in model.named_parameters())
+        return changed / sum(p.numel() for p in start.parameters())
+
+    _, _, per_step = train("suppress", memorized, lr=3e-3, reference="model", saliency_density=0.05)
+    method, _, fixed = train("suppress", memorized, lr=3e-3, reference="model", saliency_density=0.05,
+                             saliency="fixed")
+    assert method.saliency_mode == "fixed"
+    assert 0 < moved(fixed) <= 0.05 + 1e-3 < moved(per_step)

@@ -54,7 +54,11 @@ the pieces of a rare word are shared by every book. With ``rollout_loss: kl`` a 
 trained toward the decoding model's own distribution at that context without it (and, with
 ``run_on_weight``, without the pieces that would glue onto the word before) instead of by
 unlikelihood: the same loss at the decoding model, but the freed mass has a place to go
-(ssu/methods/rollouts.py says why). Decoding needs the whole model (not under FSDP).
+(ssu/methods/rollouts.py says why). ``saliency_density`` d keeps the top d of |grad| at every
+optimizer step (``saliency: step``; over a step the masks' union is wider: at d 0.05, 40 % of
+a Gutenberg step's weights moved) or the first optimizer step's top d for the whole step
+(``fixed``, SalUn's mode: exactly d of the weights move; one bool per weight is held). Decoding
+needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
@@ -88,6 +92,7 @@ from ssu.methods.rollouts import book_flags, book_next, book_targets, flagged_ta
 @dataclass
 class SuppressArgs:
     saliency_density: float | None = None  # update only the top fraction of |grad| per step (None: every weight)
+    saliency: str = "step"  # with saliency_density: a mask per optimizer step, or ("fixed") the first step's for all
     reference: str = "cached"  # "cached": the target computed once; "model": the frozen θ_{t−1}
     topk: int = 64  # cached: tokens of the target kept per position (beside the label and the rest)
     rollout_every: int = 0  # decode the model's own continuations every this many epochs (0: never)
@@ -123,8 +128,9 @@ class SuppressArgs:
                            "run_on_weight in (0, 1]")
         if self.teacher_weight == 0 and (self.rollout_every == 0 or self.rollout_weight == 0):
             raise SSUError("suppress: teacher_weight 0 needs rollouts (rollout_every > 0, rollout_weight > 0)")
-        if self.saliency_density is not None and not 0 < self.saliency_density <= 1:
-            raise SSUError("suppress: saliency_density must be in (0, 1]")
+        if (self.saliency_density is not None and not 0 < self.saliency_density <= 1) \
+                or self.saliency not in ("step", "fixed"):
+            raise SSUError("suppress: saliency_density must be in (0, 1], saliency step or fixed")
         if self.reference not in ("model", "cached") or self.topk < 1:
             raise SSUError("suppress: reference must be model or cached, topk >= 1")
 
@@ -230,7 +236,7 @@ class Suppress(UnlearningMethod):
         self.joins: tuple[set[int], set[int]] | None = None  # word_starts, run_on_weight: see word_joins
         self.rollout_q: dict[tuple[int, ...], tuple] = {}  # rollout_loss kl: per rollout row, its flagged targets
         if self.args.saliency_density is not None:
-            self.saliency_mode, self.saliency_density = "step", self.args.saliency_density
+            self.saliency_mode, self.saliency_density = self.args.saliency, self.args.saliency_density
 
     def prepare(self, model, fs) -> None:
         """cached: q of every forget window at θ_{t−1}, keyed by its token ids (how a batch row is found)."""
