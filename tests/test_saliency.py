@@ -111,7 +111,7 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(-1).view(torch.uint8)
 
 
-def train(mode: str, steps: int = 4, **kw):
+def train(mode: str, steps: int = 4, from_state: bool = False, **kw):
     """A few AdamW steps (no weight decay, lr 1e-5) with the masker between backward and step.
 
     The masker keeps no record of its masks (a full-size union would cost 8 GB at 8B
@@ -122,7 +122,7 @@ def train(mode: str, steps: int = 4, **kw):
     model = tiny_llama()
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-    masker = SaliencyMasker(mode, **kw)
+    masker = SaliencyMasker(mode, optimizer=opt if from_state else None, **kw)
     history = []
     for s in range(steps):
         backward(model, seed=10 + s)
@@ -160,15 +160,35 @@ def test_step_mode_moves_only_selected_entries():
     assert masker.masks is None  # the step mode keeps no mask
 
 
-def test_fixed_mode_keeps_the_first_mask():
-    model, init, masker, history = train("fixed", steps=3)
+@pytest.mark.parametrize("from_state", [False, True])
+def test_fixed_mode_keeps_the_first_mask(from_state):
+    """Kept as bools, or (given the optimizer) read back from AdamW's moments: the same masked
+    gradients bit for bit at every step (``train`` checks each against the first mask)."""
+    model, init, masker, history = train("fixed", steps=3, from_state=from_state)
     first = history[0][1]
     for stats, _ in history[1:]:
         assert stats["threshold"] == history[0][0]["threshold"]
         assert stats["selected"] == history[0][0]["selected"]
     for name, p in model.named_parameters():
-        assert masker.masks[name].dtype == torch.bool and torch.equal(masker.masks[name], first[name])
+        if not from_state:
+            assert masker.masks[name].dtype == torch.bool and torch.equal(masker.masks[name], first[name])
         assert torch.equal(p.detach()[~first[name]], init[name][~first[name]])
+    if from_state:
+        assert masker.masks is None and not any(isinstance(v, torch.Tensor) for v in vars(masker).values())
+
+
+def test_fixed_mode_from_state_needs_adam_moments():
+    model = tiny_llama()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    masker = SaliencyMasker("fixed", optimizer=opt, density=0.1)
+    for s in range(2):
+        backward(model, seed=s)
+        if s == 0:
+            masker(model.named_parameters())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="Adam moments"):
+        masker(model.named_parameters())
 
 
 def test_none_mode_leaves_gradients_untouched(model_with_grads):

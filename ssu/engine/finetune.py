@@ -210,7 +210,7 @@ def finetune(model, method, fs: ForgetSet, train: TrainSettings, hooks: Hooks | 
     params = [p for _, p in named]
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps))
     masker = SaliencyMasker(method.saliency_mode, k=method.saliency_k, density=method.saliency_density,
-                            shards=procs if procs.sharded else None)
+                            shards=procs if procs.sharded else None, optimizer=optimizer)
     rng = random.Random(fs.seed)
 
     stats: dict = {"losses": [], "mask_fraction": [], "tokens": 0}

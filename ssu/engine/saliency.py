@@ -13,7 +13,10 @@ chunk (≤ 2**24 entries) in float64 and nothing is concatenated, and the per-st
 mask (mode ``"step"``) is never materialised: each chunk of the gradient is
 multiplied by its own chunk of the mask, which is dropped at once. Nothing
 full-size outlives a call except in mode ``"fixed"`` (SalUn), whose first mask is
-reused at every step by definition and is therefore kept as one bool per entry.
+reused at every step by definition and is therefore kept as one bool per entry -- unless the
+masker is given the AdamW optimizer it runs before (``optimizer=``, as the fine-tune does):
+then the first mask is applied like a step mask and kept nowhere, and later calls read it
+back from AdamW's state, chunk by chunk (:func:`_moved_in_place`), for no memory at all.
 With AdamW (weight_decay = 0) an entry whose gradient was never selected keeps
 zero moments and therefore never moves; which entries those are is not recorded
 (that would be a full-size union of masks), only per-parameter counts of the last
@@ -237,6 +240,32 @@ def mask_in_place(grads: list[tuple[str, Tensor]], gamma: float) -> dict[str, in
     return {name: int(n) for (name, _), n in zip(grads, counts)}
 
 
+def _moved_in_place(named: list[tuple[str, nn.Parameter]], state) -> dict[str, int]:
+    """Mask each gradient by the entries AdamW has moved: ``exp_avg != 0 or exp_avg_sq != 0``.
+
+    With weight decay off, an entry whose gradient was masked to zero at the first step keeps
+    both moments at exactly zero and never moves; an entry selected then has a non-zero
+    gradient (|g| ≥ γ > 0), so at least one moment is non-zero from then on: the second is a
+    sum of squares and never cancels, the first survives the square's underflow (float16).
+    So the moved set *is* the first mask, read from state the optimizer holds anyway.
+    """
+    counts = {}
+    with torch.no_grad():
+        for name, p in named:
+            if p.grad is None:
+                continue
+            st = state[p]
+            if "exp_avg" not in st or "exp_avg_sq" not in st:
+                raise ValueError(f"saliency mode 'fixed' from optimizer state: {name} has no Adam moments")
+            n = torch.zeros((), dtype=torch.int64, device=p.grad.device)
+            for g, m, v in zip(chunk_views(p.grad), chunk_views(st["exp_avg"]), chunk_views(st["exp_avg_sq"])):
+                keep = (m != 0) | (v != 0)
+                n += keep.sum()
+                g.mul_(keep)
+            counts[name] = n
+    return {name: int(n) for name, n in counts.items()}
+
+
 class SaliencyMasker:
     """Masks gradients once per optimizer step; call after backward, before ``optimizer.step()``.
 
@@ -246,9 +275,12 @@ class SaliencyMasker:
     mode that holds a full-size mask (``masks``, one bool per entry) between calls;
     ``"none"`` leaves gradients untouched and keeps nothing. After a call,
     ``threshold`` is its γ and ``selected`` its {parameter name: selected entries}.
+    ``optimizer``: the AdamW (weight decay 0) that steps after every call; in mode
+    ``"fixed"`` the first mask is then read back from its moments instead of kept.
     """
 
-    def __init__(self, mode: str = "step", k: float = 1.0, density: float | None = None, shards=None):
+    def __init__(self, mode: str = "step", k: float = 1.0, density: float | None = None, shards=None,
+                 optimizer=None):
         if mode not in MODES:
             raise ValueError(f"saliency mode must be one of {MODES}, got {mode!r}")
         if density is not None and not 0.0 < density <= 1.0:
@@ -256,6 +288,7 @@ class SaliencyMasker:
         if shards is not None and mode == "fixed":
             raise ValueError("saliency mode 'fixed' keeps whole masks and cannot run on sharded gradients")
         self.mode, self.k, self.density, self.shards = mode, k, density, shards
+        self.optimizer = optimizer
         self.masks: dict[str, Tensor] | None = None  # mode "fixed" only
         self.threshold: float | None = None
         self.selected: dict[str, int] = {}
@@ -279,6 +312,14 @@ class SaliencyMasker:
                 selected, total = (int(x) for x in both.tolist())
                 return {"threshold": self.threshold, "selected": selected, "total": total,
                         "fraction": selected / total if total else 0.0}
+        elif self.optimizer is not None:  # fixed, its mask read back from AdamW's moments after the first call
+            if self.calls == 1:
+                grads = _with_grads(named_params)
+                self.threshold = _threshold(grads, self.k, self.density)
+                self.selected = mask_in_place(grads, self.threshold)
+            else:
+                self.selected = _moved_in_place(named_params, self.optimizer.state)
+            total = sum(p.grad.numel() for _, p in named_params if p.grad is not None)
         else:
             if self.masks is None:
                 self.masks, self.threshold = _masks(_with_grads(named_params), self.k, self.density)

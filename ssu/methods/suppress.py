@@ -57,7 +57,8 @@ unlikelihood: the same loss at the decoding model, but the freed mass has a plac
 (ssu/methods/rollouts.py says why). ``saliency_density`` d keeps the top d of |grad| at every
 optimizer step (``saliency: step``; over a step the masks' union is wider: at d 0.05, 40 % of
 a Gutenberg step's weights moved) or the first optimizer step's top d for the whole step
-(``fixed``, SalUn's mode: exactly d of the weights move; one bool per weight is held). Decoding
+(``fixed``, SalUn's mode: exactly d of the weights move; the mask read back from AdamW's
+moments, nothing held). Decoding
 needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
