@@ -238,10 +238,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                                       saliency_density=0.02),
     "onpolicy-generic1-capped-frozen-shared-words-g2-sparse10": capped(frozen=SHARED, word_starts=True,
                                                                        generic_ngram=2, saliency_density=0.1),
-    # ... one mask for the whole step (saliency fixed: the first optimizer step's top 5 % / 20 %): a mask per optimizer
-    # step at 5 % moved 40 % of the weights over a step (the union; 2 %: 21 %, 10 %: 64 %), fixed exactly its fraction
+    # ... one mask for the whole step (saliency fixed: the first optimizer step's top 5 / 10 / 20 %): a mask per
+    # optimizer step at 5 % moved 40 % of the weights over a step (the union; 2 %: 21 %, 10 %: 64 %), fixed exactly its
+    # fraction
     **{f"onpolicy-generic1-capped-frozen-shared-words-g2-fixed{round(d * 100)}": capped(
-        frozen=SHARED, word_starts=True, generic_ngram=2, saliency_density=d, saliency="fixed") for d in (0.05, 0.2)},
+        frozen=SHARED, word_starts=True, generic_ngram=2, saliency_density=d, saliency="fixed")
+        for d in (0.05, 0.1, 0.2)},
     # ... and a hinge on the pooled windows' logit margins (regularizer logit-margin, λ 10 / 100): the few tokens whose
     # greedy prediction is close to flipping kept, where the KL's mean over tokens barely moves (seed 2's step 3:
     # a pooled window of a book not yet removed flipped at α 0.3, before the removed book moved)

@@ -173,7 +173,7 @@ def frontier(table: dict[str, list[dict]], path: Path) -> None:
     ax.set_title("Removal depth vs what else is kept (goal: upper left of the dashes)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the title and the legend whole
 
 
 @click.command()
