@@ -101,11 +101,17 @@ def sample(rows: list, n: int, seed: int) -> list:
     return rows[:n]
 
 
+def draw_indices(n_rows: int, rng: random.Random, n: int | None, batch) -> list[int]:
+    """Indices of ``n`` rows drawn with replacement for one chunk (``None``: as many as the
+    chunk's forget windows) -- for a regularizer that keeps something per row (a cache)."""
+    k = n or int((batch.group == LEARN).sum())
+    return [rng.randrange(n_rows) for _ in range(max(k, 1))]
+
+
 def draw_rows(rows: list, rng: random.Random, n: int | None, batch) -> list:
     """``n`` rows drawn with replacement for one chunk (``None``: as many as the chunk's forget
     windows), each as a learning row of its own batch."""
-    k = n or int((batch.group == LEARN).sum())
-    return [(rows[rng.randrange(len(rows))], LEARN) for _ in range(max(k, 1))]
+    return [(rows[i], LEARN) for i in draw_indices(len(rows), rng, n, batch)]
 
 
 def step_retain_fisher(name: str, model, fs, windows: int, seed: int) -> tuple[dict, int]:

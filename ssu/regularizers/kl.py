@@ -37,7 +37,15 @@ import torch.nn.functional as F
 
 from ssu.engine.losses import LEARN, log_rest, make_batch
 from ssu.errors import SSUError
-from ssu.regularizers.base import REGULARIZERS, Regularizer, chunk_share, draw_rows, require_retain, sample
+from ssu.regularizers.base import (
+    REGULARIZERS,
+    Regularizer,
+    chunk_share,
+    draw_indices,
+    draw_rows,
+    require_retain,
+    sample,
+)
 
 
 @dataclass
@@ -121,8 +129,7 @@ class RetainKL(Regularizer):
     def loss(self, model, batch, reference):
         device = batch.input_ids.device
         if self.cache is not None:
-            k = self.args.windows or int((batch.group == LEARN).sum())
-            picks = [self.rng.randrange(len(self.rows)) for _ in range(max(k, 1))]
+            picks = draw_indices(len(self.rows), self.rng, self.args.windows, batch)
             kept = make_batch([(self.rows[i], LEARN) for i in picks], self.pad_id).to(device)
             kl = cached_kl(model, kept, [self.cache[i] for i in picks])
         else:

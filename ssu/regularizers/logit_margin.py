@@ -35,7 +35,7 @@ import torch
 
 from ssu.engine.losses import LEARN, make_batch
 from ssu.errors import SSUError
-from ssu.regularizers.base import REGULARIZERS, Regularizer, chunk_share, require_retain
+from ssu.regularizers.base import REGULARIZERS, Regularizer, chunk_share, draw_indices, require_retain
 from ssu.regularizers.kl import labelled_logits
 
 
@@ -87,17 +87,13 @@ class RetainMargin(Regularizer):
 
     def prepare(self, model, fs) -> None:
         require_retain(self.name, fs)
-        self.rows = list(fs.retain)
-        self.pad_id = fs.pad_id
-        self.rng = random.Random(self.seed + fs.step)
-        self.values: list[float] = []
-        cap = self.args.cap
-        self.floors = [reference_margins(model, make_batch([(r, LEARN)], self.pad_id)).clamp(max=cap)
+        self.rows, self.pad_id, self.values = list(fs.retain), fs.pad_id, []
+        self.rng = random.Random(self.seed + fs.step)  # the rows each backward draws
+        self.floors = [reference_margins(model, make_batch([(r, LEARN)], self.pad_id)).clamp(max=self.args.cap)
                        for r in self.rows]
 
     def loss(self, model, batch, reference):
-        k = self.args.windows or int((batch.group == LEARN).sum())
-        picks = [self.rng.randrange(len(self.rows)) for _ in range(max(k, 1))]
+        picks = draw_indices(len(self.rows), self.rng, self.args.windows, batch)
         rows = make_batch([(self.rows[i], LEARN) for i in picks], self.pad_id).to(batch.input_ids.device)
         hinge = margin_hinge(model, rows, torch.cat([self.floors[i] for i in picks]))
         self.values.append(hinge.item())
