@@ -58,8 +58,7 @@ unlikelihood: the same loss at the decoding model, but the freed mass has a plac
 optimizer step (``saliency: step``; over a step the masks' union is wider: at d 0.05, 40 % of
 a Gutenberg step's weights moved) or the first optimizer step's top d for the whole step
 (``fixed``, SalUn's mode: exactly d of the weights move; the mask read back from AdamW's
-moments, nothing held). Decoding
-needs the whole model (not under FSDP).
+moments, nothing held). Decoding needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
