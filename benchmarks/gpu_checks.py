@@ -3,14 +3,17 @@
     python benchmarks/gpu_checks.py --out $OUT                 # on a GPU: the checks below, ~9 min on one H100/H200
     python benchmarks/gpu_checks.py --out runs/checks --size cpu   # the same checks at CPU size (the test suite)
 
-Checks (each a subprocess with its own time limit; a check that fails or runs out of
-time is a row saying so, and the others still run):
+Checks, in this order -- the most wanted first, so a short budget skips the rest (each a
+subprocess with its own time limit; a check that fails or runs out of time is a row saying
+so, and the others still run; ``--only NAME ...`` reruns some):
 
 - ``step-1b-lora``, ``step-8b-lora``: ``gpu_step.py`` at the Llama-3.2-1B / 3.1-8B shapes,
   LoRA r = 32, ours against the public reference's loop (time, peak memory, tokens/s,
   share of a measured bf16 matmul peak);
 - ``step-1b-full``: ours alone, full fine-tune at the 1B shape (float32 master weights,
   bf16 autocast);
+- ``memory-1b``: ``recipe_memory.py`` at the 1B shape -- the peak GPU memory each recipe
+  component adds to a step of plain ``ssu``, per parameter (docs/memory.md);
 - ``generation-8b``: ``generation.py`` at the 8B shape, batch 32 (first and warm call,
   one at a time, share of the bandwidth bound);
 - ``bf16-stack``: two bf16 LoRA steps of ``ssu step`` on a small model, then ``ssu stack
@@ -43,13 +46,18 @@ ROOT = HERE.parent
 # busy 2-core machine needs: about 10 s each alone, over 60 s seen with other jobs on the cores.
 CPU_LIMIT = 300
 # name -> (size -> argv after the script, time limit in seconds)
-STEP_GPU = {"1b-lora": ["--shape", "1b", "--windows", "32"], "8b-lora": ["--shape", "8b", "--windows", "16"],
-            "1b-full": ["--shape", "1b", "--windows", "32", "--finetune", "full", "--only", "ours"]}
+STEP_GPU = {"1b-lora": ["--shape", "1b", "--windows", "32"],
+            "1b-full": ["--shape", "1b", "--windows", "32", "--finetune", "full", "--only", "ours"],
+            "8b-lora": ["--shape", "8b", "--windows", "16"]}
 # At CPU size (the test suite) on a synthetic book: nothing outside the repository is needed.
 STEP_CPU = {"1b-lora": ["--shape", "small", "--windows", "6", "--books", "synthetic"],
-            "8b-lora": ["--shape", "small", "--windows", "4", "--books", "synthetic"],
             "1b-full": ["--shape", "small", "--windows", "6", "--finetune", "full", "--only", "ours",
-                        "--books", "synthetic"]}
+                        "--books", "synthetic"],
+            "8b-lora": ["--shape", "small", "--windows", "4", "--books", "synthetic"]}
+# The components whose memory docs/memory.md states (the rows of recipe_memory.py; plain ssu's is always run).
+MEMORY_ROWS = {"gpu": ["ssu-stable regularizers (fisher + retain-mask)", "protect", "kl (reference: cached)"],
+               "cpu": ["protect"]}
+ORDER = ["step-1b-lora", "step-1b-full", "memory-1b", "bf16-stack", "generation-8b", "step-8b-lora", "pretrain-36m"]
 
 
 def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
@@ -60,6 +68,10 @@ def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
         out.append({"name": f"step-{name}", "kind": "step", "limit": 150 if gpu else CPU_LIMIT,
                     "argv": [sys.executable, str(HERE / "gpu_step.py"), "--device", device, *argv,
                              "--json", str(work / f"step-{name}.json")]})
+    out.append({"name": "memory-1b", "kind": "memory", "limit": 300 if gpu else CPU_LIMIT,
+                "argv": [sys.executable, str(HERE / "recipe_memory.py"), "--device", device,
+                         "--size", "1b" if gpu else "nano", "--repeats", "1", "--only", *MEMORY_ROWS[size],
+                         "--json", str(work / "memory-1b.json")]})
     gen = (["--shape", "8b", "--dtype", "bfloat16", "--prompts", "64", "--batch-size", "32", "--new-tokens", "64",
             "--single", "8"] if gpu else
            ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"])
@@ -71,7 +83,7 @@ def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
     out.append({"name": "pretrain-36m", "kind": "pretrain", "limit": 150 if gpu else CPU_LIMIT,
                 "argv": [sys.executable, __file__, "--worker", "pretrain", "--out", str(work), "--size", size]
                 + (["--corpus", str(corpus)] if corpus else [])})
-    return out
+    return sorted(out, key=lambda c: ORDER.index(c["name"]))
 
 
 # --- workers ---------------------------------------------------------------------------------------
@@ -156,6 +168,11 @@ def summary(check: dict, data: dict) -> str:
             cells.append(f"ours/reference time {o['train_s'] / ref['train_s']:.2f}, memory "
                          f"{o['peak_gb'] / ref['peak_gb']:.2f}")
         return f"{data['shape']}, {data['rows'][0]['parameters'] / 1e9:.2f}B params; " + "; ".join(cells)
+    if kind == "memory":
+        cells = [f"{r['component']} {r['peak_over_plain']:+.2f} (state {r['state']:.2f})" for r in data["rows"]
+                 if not r["component"].startswith("ssu (plain")]
+        return (f"{data['size']}, {data['parameters'] / 1e9:.2f}B params, plain ssu's peak "
+                f"{data['plain_peak_bytes'] / 2**30:.1f} GiB; over it, bytes/param: " + "; ".join(cells))
     if kind == "generation":
         return (f"{data['model']}, batch {data['batch_size']}: first {data['first_s']:.1f} s, "
                 f"warm {data['warm_s']:.1f} s ({data['warm_tokens_per_s']:,.0f} tok/s, "
@@ -179,11 +196,13 @@ def environment() -> str:
     return f"{dev}; torch {torch.__version__}, CUDA {torch.version.cuda}; Python {platform.python_version()}"
 
 
-def run_all(out: Path, size: str, corpus: Path | None, budget: float) -> list[dict]:
+def run_all(out: Path, size: str, corpus: Path | None, budget: float, only: list[str] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     start, rows = time.perf_counter(), []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
     for check in checks(size, out, corpus):
+        if only and check["name"] not in only:
+            continue
         left = budget - (time.perf_counter() - start)
         limit = min(check["limit"], left)
         row = {"check": check["name"], "seconds": 0.0}
@@ -195,8 +214,9 @@ def run_all(out: Path, size: str, corpus: Path | None, budget: float) -> list[di
             proc = subprocess.run(check["argv"], capture_output=True, text=True, timeout=limit, env=env)
             ok = proc.returncode == 0
             detail = "" if ok else (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
-        except subprocess.TimeoutExpired:
-            ok, detail = False, f"timed out after {limit:.0f} s"
+        except subprocess.TimeoutExpired as e:  # with the last line it printed, to see how far it got
+            said = (e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or "").strip()
+            ok, detail = False, f"timed out after {limit:.0f} s" + (f" ({said.splitlines()[-1][:200]})" if said else "")
         row["seconds"] = round(time.perf_counter() - t0, 1)
         data = None
         if ok:
@@ -204,7 +224,9 @@ def run_all(out: Path, size: str, corpus: Path | None, budget: float) -> list[di
             data = json.loads(path.read_text()) if path.is_file() else json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append({**row, "status": "ok" if ok else "failed", "result": summary(check, data) if ok else detail,
                      "data": data})
-        print(f"[{time.perf_counter() - start:5.0f}s] {check['name']}: {rows[-1]['status']}", flush=True)
+        print(f"[{time.perf_counter() - start:5.0f}s] {check['name']}: {rows[-1]['status']}: {rows[-1]['result']}",
+              flush=True)
+        write_table(out, rows, size)  # so far: a run stopped from outside keeps what it measured
     return rows
 
 
@@ -225,6 +247,7 @@ def main() -> None:
     ap.add_argument("--size", choices=["gpu", "cpu"], default=None, help="default: gpu when CUDA is available")
     ap.add_argument("--corpus", type=Path, default=None, help="build_corpus.py output for the pretrain check")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds for all checks together")
+    ap.add_argument("--only", nargs="+", choices=ORDER, metavar="CHECK", help="these checks only")
     ap.add_argument("--worker", choices=["bf16-stack", "pretrain"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.size is None:
@@ -236,7 +259,7 @@ def main() -> None:
     elif args.worker == "pretrain":
         data = worker_pretrain(args.out, args.size, args.corpus)
     else:
-        print(write_table(args.out, run_all(args.out, args.size, args.corpus, args.budget), args.size))
+        print(write_table(args.out, run_all(args.out, args.size, args.corpus, args.budget, args.only), args.size))
         return
     print(json.dumps(data))
 

@@ -47,6 +47,10 @@ SHAPES = {  # the public configs' shapes (Llama-3.2-1B, Llama-3.1-8B) and a CPU-
                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
     "small": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=8192, tie_word_embeddings=False),
+    # wide and shallow, a small vocabulary: on a CPU the weights outweigh a step's activations
+    # (recipe_memory.py --size wide: the per-weight state a component adds shows in the peak)
+    "wide": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=12,
+                 num_key_value_heads=4, vocab_size=2048, tie_word_embeddings=True),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PAD_TO, K, EPSILON, BATCH, ACCUM = 400, 3, 0.5, 2, 2

@@ -17,6 +17,14 @@ measurements per component, on a full fine-tune:
     python benchmarks/recipe_memory.py                 # table, --size base
     python benchmarks/recipe_memory.py --size large    # a larger shape: peaks steadier
     python benchmarks/recipe_memory.py --only "protect"  # some rows (and plain ssu's)
+    python benchmarks/recipe_memory.py --device cuda --size 1b --repeats 1   # on a GPU
+
+On a GPU (``--device cuda``) ``--size 1b`` is the Llama-3.2-1B shape (``gpu_step.py``'s, 128k
+vocabulary, random bf16 weights saved once) and the run's ``dtype: auto`` (float32 master weights,
+bf16 autocast); the peak is the steps' ``torch.cuda.max_memory_allocated`` -- the tensors alone,
+without the allocator's cache or the CUDA context -- and "counted" walks the components on the GPU.
+At that shape the rows a loss term adds are a small share of the parameters' bytes, so the peaks
+show the per-weight state the small shape's activations hide.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,14 +73,24 @@ VARIANTS = {
 }
 
 
-def build_world(root: Path, size: str) -> tuple[Path, Path]:
+def build_world(root: Path, size: str, device: str = "cpu") -> tuple[Path, Path]:
     from data_prep import prepare_books, write_synthetic_corpus
-    from ssu.models.tiny import make_tiny_model
+    from ssu.models.tiny import SIZES, make_tiny_model
 
     corpus, prepared, model = root / "corpus", root / "prepared", root / "model"
     write_synthetic_corpus(corpus, n_books=2, seed=0, words_per_book=1200, n_retain=2, n_heldout=1)
     prepare_books(corpus, prepared)
-    make_tiny_model(prepared, model, arch="llama", size=size)
+    if size in SIZES:
+        make_tiny_model(prepared, model, arch="llama", size=size)
+    else:  # a public model's shape (gpu_step.py's), random weights
+        from gpu_step import build
+
+        from data_prep import load_books
+        from ssu.models.tiny import train_tokenizer
+
+        tokenizer = train_tokenizer(list(load_books(prepared)["text"]), vocab_size=2048)
+        build(size, torch.device(device), torch.bfloat16, tokenizer).save_pretrained(model, safe_serialization=True)
+        tokenizer.save_pretrained(model)
     return prepared, model
 
 
@@ -94,7 +113,7 @@ def tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
     return 0
 
 
-def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
+def counted(prepared: Path, model_dir: Path, name: str, device: str = "cpu") -> float | None:
     """Bytes per trainable parameter the variant's components hold after prepare (counted)."""
     import copy
 
@@ -105,9 +124,9 @@ def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
     from ssu.recipes.components import build_method, build_regularizers, resolve
     from ssu.recipes.step import step_windows
 
-    cfg = resolve(load(RunConfig, {"model": str(model_dir), "data": str(prepared), "device": "cpu",
+    cfg = resolve(load(RunConfig, {"model": str(model_dir), "data": str(prepared), "device": device,
                                    "train": {"finetune": "full"}}, VARIANTS[name]))
-    model = load_model(str(model_dir), "cpu", "float32").requires_grad_(True)
+    model = load_model(str(model_dir), device, "float32").requires_grad_(True)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tok = load_tokenizer(str(model_dir))
     books, windows, retain, earlier = step_windows(prepared, 2)
@@ -130,41 +149,55 @@ def counted(prepared: Path, model_dir: Path, name: str) -> float | None:
     return total / n
 
 
-def child(prepared: str, model_dir: str, name: str, out: str) -> None:
-    """One step of the variant in this process; prints its peak RSS (bytes) as JSON."""
+def child(prepared: str, model_dir: str, name: str, out: str, device: str = "cpu", steps: str = "2") -> None:
+    """Steps 1 and 2 (step 1 on a GPU) of the variant in this process; prints their peak (bytes) as JSON: the
+    process's peak RSS on the CPU, the peak of allocated tensors on a GPU."""
     from ssu.recipes.init import init_run
     from ssu.recipes.step import run_step
 
     torch.set_num_threads(1)
-    over = {"model": model_dir, "data": prepared, "device": "cpu", "eval": {"enabled": False},
+    over = {"model": model_dir, "data": prepared, "device": device, "eval": {"enabled": False},
             "train": {"finetune": "full", "epochs": 1, "batch_size": 2, "grad_accum": 1}, **VARIANTS[name]}
     init_run(out, over)
+    steps = int(steps)
     t0 = time.perf_counter()
-    for t in (1, 2):  # step 2 has an earlier book (guard's rows)
+    # Step 2 has an earlier book (guard's rows); on a GPU step 1 alone (at 1B a step writes a 5 GB vector).
+    for t in range(1, steps + 1):
         run_step(out, t, progress=False)
-    print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "seconds": time.perf_counter() - t0}))
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"peak": peak, "seconds": time.perf_counter() - t0}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="base")
+    ap.add_argument("--size", default="base", help="a tiny model's size, or 1b / 8b (a GPU's shapes)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     ap.add_argument("--repeats", type=int, default=3, help="runs per variant; the median peak is shown")
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS), metavar="NAME",
                     help="these rows only (plain ssu is always run: the peaks are relative to it)")
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (default: 2, on a GPU 1)")
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     names = [n for n in VARIANTS if not args.only or n in args.only or n.startswith("ssu (plain")]
     if args.child:
         child(*args.child)
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    # On a GPU the runs' full vectors go to memory (/dev/shm) where it exists: disk writes dominated there.
+    steps = args.steps or (1 if args.device == "cuda" else 2)
+    shm = "/dev/shm" if args.device == "cuda" and os.path.isdir("/dev/shm") else None
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
         root = Path(tmp)
-        prepared, model_dir = build_world(root, args.size)
-        from ssu.models.loading import load_model
+        prepared, model_dir = build_world(root, args.size, args.device)
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-        n = sum(p.numel() for p in load_model(str(model_dir), "cpu", "float32").parameters())
-        print(f"model: llama {args.size}, {n / 1e6:.2f}M parameters (float32: {4 * n / 2**20:.1f} MiB)\n")
+        with torch.device("meta"):
+            n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+                    .parameters())
+        print(f"model: llama {args.size}, {n / 1e6:.2f}M parameters (float32: {4 * n / 2**20:.1f} MiB), "
+              f"{args.device}\n")
         peaks: dict[str, list[int]] = {}
         # glibc returns a freed tensor to the system only if it was mmapped; a fixed, low mmap
         # threshold makes every tensor of the model's size mmapped, so RSS follows live tensors
@@ -173,16 +206,29 @@ def main() -> None:
         for r in range(args.repeats):
             for i, name in enumerate(names):
                 out = subprocess.run([sys.executable, __file__, "--child", str(prepared), str(model_dir), name,
-                                      str(root / f"run{r}-{i}")], capture_output=True, text=True, check=True, env=env)
+                                      str(root / f"run{r}-{i}"), args.device, str(steps)], capture_output=True,
+                                     text=True,
+                                     env=env)
+                if out.returncode:
+                    raise SystemExit(f"{name}: {(out.stderr.strip().splitlines() or ['failed'])[-1]}")
                 peaks.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
+                shutil.rmtree(root / f"run{r}-{i}")  # two full vectors: 10 GB a run at the 1B shape
+                print(f"[{time.perf_counter() - t0:.0f} s] {name}: peak {peaks[name][-1] / 2**30:.2f} GiB",
+                      file=sys.stderr, flush=True)
         peaks = {k: statistics.median(v) for k, v in peaks.items()}
         base = peaks["ssu (plain, full)"]
-        print("| component | state held (counted), bytes/param | step peak RSS over plain ssu, bytes/param |")
+        what = "peak allocated (GPU)" if args.device == "cuda" else "peak RSS"
+        print(f"| component | state held (counted), bytes/param | steps' {what} over plain ssu, bytes/param |")
         print("|---|---:|---:|")
+        rows = []
         for name in names:
-            state = 0.0 if name.startswith("ssu (plain") else counted(prepared, model_dir, name)
-            print(f"| {name} | {state:.2f} | {(peaks[name] - base) / n:+.2f} |")
-        print(f"\nplain ssu step peak RSS: {base / 2**20:.0f} MiB")
+            state = 0.0 if name.startswith("ssu (plain") else counted(prepared, model_dir, name, args.device)
+            rows.append({"component": name, "state": state, "peak_over_plain": (peaks[name] - base) / n})
+            print(f"| {name} | {state:.2f} | {rows[-1]['peak_over_plain']:+.2f} |")
+        print(f"\nplain ssu steps' {what}: {base / 2**20:.0f} MiB")
+        if args.json:
+            args.json.write_text(json.dumps({"size": args.size, "device": args.device, "parameters": n,
+                                             "plain_peak_bytes": base, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

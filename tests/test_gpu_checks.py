@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.py"
 
 
@@ -16,10 +18,13 @@ def test_gpu_checks_run_at_cpu_size(tmp_path):
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "gpu_checks.json").read_text())["rows"]
-    assert [r["check"] for r in rows] == ["step-1b-lora", "step-8b-lora", "step-1b-full", "generation-8b",
-                                          "bf16-stack", "pretrain-36m"]
+    assert [r["check"] for r in rows] == ["step-1b-lora", "step-1b-full", "memory-1b", "bf16-stack",
+                                          "generation-8b", "step-8b-lora", "pretrain-36m"]
     assert all(r["status"] == "ok" for r in rows), [(r["check"], r["result"]) for r in rows if r["status"] != "ok"]
     table = (tmp_path / "gpu_checks.md").read_text()
-    assert table.count("| ok |") == 6
+    assert table.count("| ok |") == 7
+    memory = next(r for r in rows if r["check"] == "memory-1b")["data"]
+    assert [r["component"] for r in memory["rows"]] == ["ssu (plain, full)", "protect"]
+    assert memory["rows"][1]["state"] == pytest.approx(2.0, abs=0.01)  # one bf16 Fisher
     stack = next(r for r in rows if r["check"] == "bf16-stack")["data"]
     assert stack["precision"]["stack"] == "adapter" and len(stack["rel_error"]) == 2
