@@ -35,6 +35,7 @@ from ssu.recipes.compose import load_composed
 from ssu.recipes.run_dir import RunDir
 from ssu.recipes.step import run_step
 from ssu.recipes.targets import absolute_target, window_scores
+from ssu.vectors import TaskVector
 
 SETTINGS = CalibrateSettings(enabled=True, rouge=0.2, alpha_max=8.0, iterations=8)
 
@@ -192,6 +193,13 @@ def test_protect_fisher_mask_and_memory(synthetic_world):
         assert torch.equal(p.detach()[frozen], before[k][frozen])
         moved.append(not torch.equal(p.detach()[~frozen], before[k][~frozen]))
     assert all(moved) or sum(moved) >= len(moved) - 2  # the rest moved (a bias may be frozen whole)
+    # the damping scales the step's own vector in place: no second float32 copy of the weights
+    g = torch.Generator().manual_seed(0)
+    v = TaskVector({k: torch.randn(p.shape, generator=g) * 1e-5 for k, p in model.named_parameters()})
+    expected = {k: v[k] * reg.damping(k) for k in v.keys()}
+    ptrs = {k: v[k].data_ptr() for k in v.keys()}
+    out = reg.vector(v, model)
+    assert all(out[k].data_ptr() == ptrs[k] and torch.equal(out[k], expected[k]) for k in v.keys())
 
 
 def _retain_nll(run, step: int, world) -> float:

@@ -4,12 +4,15 @@
   and keeps no tensor after a call (mode "fixed", SalUn, keeps its one mask by design).
 * The packed loss path evaluates the LM head only from the first position that
   predicts a label (``logits_to_keep``), with the full-logits loss and gradients.
-* The fine-tune's AdamW runs per tensor (the multi-tensor one copies all moments).
+* The fine-tune's AdamW runs per tensor (the multi-tensor one copies all moments), and its
+  moments end with the fine-tune: nothing holds them while the step's vector is taken.
 """
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -235,3 +238,28 @@ def test_finetune_runs_adamw_per_tensor(synthetic_world, monkeypatch):
     stats = finetune(model, make_method("ssu", epsilon=0.5), fs, train_settings(lr=1e-5, epochs=1, batch_size=2))
     assert stats.optimizer_steps == 3
     assert len(made) == 1 and made[0].get("foreach") is False and made[0].get("weight_decay") == 0.0
+
+
+@pytest.mark.parametrize("saliency", ["step", "fixed"])
+def test_finetune_releases_the_optimizer(synthetic_world, monkeypatch, saliency):
+    """AdamW's moments are 8 bytes per weight: held past the fine-tune they sit beside the step's
+    vector (at the 1B shape on an H200 plain ssu's step peaked at 20.05 bytes per parameter: the
+    weights, the moments and two copies of the change). Mode "fixed" hands the optimizer to the
+    masker, which reads its mask from the moments -- and must let go of it too."""
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    tok = load_tokenizer(str(synthetic_world.memorized))
+    fs = forget_set_of(synthetic_world.prepared, 1, tok, k_random=1, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(str(synthetic_world.memorized), dtype=torch.float32)
+    result = finetune(model, make_method("ssu", epsilon=0.5, saliency=saliency), fs,
+                      train_settings(lr=1e-5, epochs=1, batch_size=2))
+    gc.collect()
+    assert result.optimizer_steps == 3 and len(made) == 1
+    assert made[0]() is None, "the fine-tune's AdamW outlives it"
+    assert result.masker.optimizer is None

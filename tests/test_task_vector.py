@@ -92,6 +92,19 @@ def test_arithmetic_is_entrywise():
     assert a.density() == 1.0 and a.numel() == sum(t.numel() for _, t in a.items())
 
 
+def test_in_place_scaling_is_the_product_without_a_copy():
+    """A step's vector is negated in place (one float32 copy of the weights while it is taken)."""
+    g = torch.Generator().manual_seed(0)
+    deltas = {"w": torch.randn(64, 32, generator=g) * 1e-5, "z": torch.zeros(7)}  # a step's size of change
+    v = TaskVector({k: t.clone() for k, t in deltas.items()})
+    ptrs = {k: v[k].data_ptr() for k in v.keys()}
+    out = v.mul_(-1.0)
+    assert out is v and all(v[k].data_ptr() == ptrs[k] for k in v.keys())
+    expected = TaskVector(deltas) * -1.0
+    assert all(torch.equal(v[k].view(torch.int32), expected[k].view(torch.int32)) for k in v.keys())  # bits
+    assert not torch.signbit(v["z"]).any()  # no -0.0, as with *
+
+
 def test_mismatched_keys_raise():
     base = tiny("llama")
     v = TaskVector.from_models(perturbed(base, 1), base)

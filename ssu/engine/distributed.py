@@ -124,6 +124,12 @@ class Processes:
             return model, optimizer
         return self.accelerator.prepare(model, optimizer)
 
+    def release(self) -> None:
+        """Drop accelerate's references to what it prepared (the optimizer and its moments) once
+        a fine-tune ends; the caller keeps the model it was handed."""
+        if self.accelerator is not None:
+            self.accelerator.free_memory()
+
     def no_sync(self, model, skip: bool):
         """Accumulate this backward locally (``skip``) or reduce gradients across processes."""
         if self.accelerator is None or not skip:

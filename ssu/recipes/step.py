@@ -268,14 +268,17 @@ def step_vector(setup: StepSetup, model, snapshot):
     """The step's vector as it is calibrated and stored (also what early stop tries after each
     epoch): the change times the method's sign, through every regularizer's :meth:`vector`.
     None on processes other than the main one."""
+    sign = float(setup.method.sign)
     if setup.cfg.train.finetune == "lora":
         change = LoraTaskVector.from_peft_model(model, STEP_ADAPTER) if setup.procs.is_main else None
+        vector = change * sign if change is not None else None
     else:
         deltas = setup.procs.change(model, snapshot)  # a collective under FSDP
-        change = TaskVector(deltas) if deltas is not None else None
-    if change is None:
+        # the step's own tensors: the sign and the regularizers scale them in place (one float32
+        # copy of the weights while the vector is taken, not one per operation)
+        vector = TaskVector(deltas).mul_(sign) if deltas is not None else None
+    if vector is None:
         return None
-    vector = change * float(setup.method.sign)
     for r in setup.regularizers:
         vector = r.vector(vector, model)
     return vector

@@ -54,7 +54,8 @@ class Regularizer:
         """After the fine-tune, before the vector is taken."""
 
     def vector(self, vector, model):
-        """The step's vector (sign applied) -> the vector to calibrate and store."""
+        """The step's vector (sign applied) -> the vector to calibrate and store. The vector's
+        tensors are the step's own: a regularizer may scale them in place and return it."""
         return vector
 
     def record(self) -> dict:

@@ -48,9 +48,9 @@ class FisherDamping(Regularizer):
         self.scale = {n: 1.0 / (1.0 + self.args.lam * f / mean) for n, f in fisher.items()}
 
     def vector(self, vector, model):
-        from ssu.vectors import TaskVector
-
-        return TaskVector({k: vector[k] * self.scale[k].to(vector[k].device) for k in vector.keys()})
+        for k in vector.keys():  # in place (the step's own vector): no second copy of the weights
+            vector[k].mul_(self.scale[k].to(vector[k].device))
+        return vector
 
     def record(self) -> dict:
         return {"lambda": self.args.lam, "windows": self.windows}

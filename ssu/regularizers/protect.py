@@ -78,11 +78,10 @@ class Protect(Regularizer):
         return 1.0 / (1.0 + self.args.lam * self.fisher[name].float() / self.mean)
 
     def vector(self, vector, model):
-        from ssu.vectors import TaskVector
-
-        if self.args.lam == 0:
-            return vector
-        return TaskVector({k: vector[k] * self.damping(k).to(vector[k].device) for k in vector.keys()})
+        if self.args.lam > 0:
+            for k in vector.keys():  # in place (the step's own vector): no second copy of the weights
+                vector[k].mul_(self.damping(k).to(vector[k].device))
+        return vector
 
     def state_bytes(self) -> int:
         """Bytes this regularizer holds per step beyond plain SSU (the bf16 Fisher)."""
