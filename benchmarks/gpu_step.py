@@ -51,6 +51,10 @@ SHAPES = {  # the public configs' shapes (Llama-3.2-1B, Llama-3.1-8B) and a CPU-
     # (recipe_memory.py --size wide: the per-weight state a component adds shows in the peak)
     "wide": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=12,
                  num_key_value_heads=4, vocab_size=2048, tie_word_embeddings=True),
+    # the 1B/8B vocabulary on a small trunk: a step's activations are mostly logits, as a 1B
+    # model's retain rows are (recipe_memory.py --size vocab)
+    "vocab": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=128256, tie_word_embeddings=True),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PAD_TO, K, EPSILON, BATCH, ACCUM = 400, 3, 0.5, 2, 2

@@ -184,6 +184,26 @@ def test_packed_path_computes_only_the_needed_logits_with_the_full_loss_and_grad
         assert float((grads[n] - g).abs().max() / scale) < 1e-5, n
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_kl_logits_come_from_the_labelled_positions_only(arch):
+    """``kl``'s (and ``logit-margin``'s) labelled logits: the LM head from the first position
+    that predicts a label, float32 only where a label is -- the same rows as every position's."""
+    from ssu.regularizers.kl import labelled_logits
+
+    model, rows = tiny(arch), micro_batch()
+    batch = make_batch(rows, PAD)
+    width = batch.input_ids.size(1)
+    seen = []
+    model.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("logits_to_keep")),
+                                with_kwargs=True)
+    got = labelled_logits(model, batch)
+    assert seen == [width - 3]
+    full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    want = full[batch.labels[:, 1:] != -100]
+    assert got.dtype == torch.float32 and got.shape == want.shape == (int((batch.labels != -100).sum()), VOCAB)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_models_without_logits_to_keep_get_full_logits_aligned_the_same():
     model, rows = tiny("llama"), micro_batch()
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ssu.engine.losses import LEARN, log_rest, make_batch
+from ssu.engine.losses import labelled_logits as kept_logits
 from ssu.errors import SSUError
 from ssu.regularizers.base import (
     REGULARIZERS,
@@ -65,18 +66,22 @@ class KLArgs:
 
 def continuation_kl(model, reference, batch) -> torch.Tensor:
     """Mean over labelled tokens of KL(p_reference ‖ p_model) of the next-token distribution."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    logp = F.log_softmax(labelled_logits(model, batch), -1)
     with torch.no_grad():
-        ref = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    mask = batch.labels[:, 1:] != -100
-    logp, logq = F.log_softmax(logits[mask], -1), F.log_softmax(ref[mask], -1)
+        logq = F.log_softmax(labelled_logits(reference, batch), -1)
     return F.kl_div(logp, logq, log_target=True, reduction="batchmean")
 
 
 def labelled_logits(model, batch) -> torch.Tensor:
-    """The next-token logits (float32) at a batch's labelled positions, one row per labelled token."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    return logits[batch.labels[:, 1:] != -100]
+    """The next-token logits (float32) at a batch's labelled positions, one row per labelled token.
+
+    The LM head runs from the position that predicts the first label on (``logits_to_keep``,
+    as the packed loss), and only the labelled positions are made float32: at a 128k vocabulary
+    the prompt positions' logits and a float32 copy of every position were most of the retain
+    rows' activations (``kl`` cached measured +2.62 bytes per parameter at the 1B shape)."""
+    logits = kept_logits(model, batch)
+    skipped = batch.input_ids.size(1) - logits.size(1)
+    return logits[:, :-1][batch.labels[:, skipped + 1 :] != -100].float()
 
 
 @torch.no_grad()
