@@ -15,7 +15,10 @@ so, and the others still run; ``--only NAME ...`` reruns some):
 - ``memory-1b``: ``recipe_memory.py`` at the 1B shape -- the peak GPU memory each recipe
   component adds to a step of plain ``ssu``, per parameter (docs/memory.md);
 - ``generation-8b``: ``generation.py`` at the 8B shape, batch 32 (first and warm call,
-  one at a time, share of the bandwidth bound);
+  one at a time, share of the bandwidth bound); ``generation-1b-fp32``: the same at the 1B
+  shape in float32 -- is batched decoding identical to one at a time without bf16?;
+- ``step-1b-lora-shared``: ours at 1B LoRA with prompt sharing in place of the CUDA
+  default (packed rows);
 - ``bf16-stack``: two bf16 LoRA steps of ``ssu step`` on a small model, then ``ssu stack
   --rounding bfloat16`` -- how much of each vector a bf16 export keeps;
 - ``pretrain-36m``: the pretrained world's GPU size (``gpu36m``) for a short token budget,
@@ -23,7 +26,7 @@ so, and the others still run; ``--only NAME ...`` reruns some):
   (throughput is what this checks; perplexity then means little).
 
 ``--size cpu`` runs the same checks at the ``small`` shape / tiny models on the CPU in
-about a minute and a half, so the script itself is tested where no GPU is. It writes
+about four minutes, so the script itself is tested where no GPU is. It writes
 ``OUT/gpu_checks.md`` and ``OUT/gpu_checks.json``; paste the table into docs/scaling.md.
 """
 
@@ -48,16 +51,22 @@ CPU_LIMIT = 300
 # name -> (size -> argv after the script, time limit in seconds)
 STEP_GPU = {"1b-lora": ["--shape", "1b", "--windows", "32"],
             "1b-full": ["--shape", "1b", "--windows", "32", "--finetune", "full", "--only", "ours"],
-            "8b-lora": ["--shape", "8b", "--windows", "16"]}
+            "8b-lora": ["--shape", "8b", "--windows", "16"],
+            # ours with prompt sharing in place of the CUDA default (packed rows): which is faster at 1B
+            "1b-lora-shared": ["--shape", "1b", "--windows", "32", "--only", "ours",
+                               "--set", "train.share_prompts=true"]}
 # At CPU size (the test suite) on a synthetic book: nothing outside the repository is needed.
 STEP_CPU = {"1b-lora": ["--shape", "small", "--windows", "6", "--books", "synthetic"],
             "1b-full": ["--shape", "small", "--windows", "6", "--finetune", "full", "--only", "ours",
                         "--books", "synthetic"],
-            "8b-lora": ["--shape", "small", "--windows", "4", "--books", "synthetic"]}
+            "8b-lora": ["--shape", "small", "--windows", "4", "--books", "synthetic"],
+            "1b-lora-shared": ["--shape", "small", "--windows", "6", "--only", "ours", "--books", "synthetic",
+                               "--set", "train.share_prompts=true"]}
 # The components whose memory docs/memory.md states (the rows of recipe_memory.py; plain ssu's is always run).
 MEMORY_ROWS = {"gpu": ["ssu-stable regularizers (fisher + retain-mask)", "protect", "kl (reference: cached)"],
                "cpu": ["protect"]}
-ORDER = ["step-1b-lora", "step-1b-full", "memory-1b", "bf16-stack", "generation-8b", "step-8b-lora", "pretrain-36m"]
+ORDER = ["step-1b-lora", "step-1b-full", "memory-1b", "bf16-stack", "generation-8b", "step-8b-lora", "pretrain-36m",
+         "generation-1b-fp32", "step-1b-lora-shared"]
 
 
 def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
@@ -78,6 +87,13 @@ def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
     out.append({"name": "generation-8b", "kind": "generation", "limit": 150 if gpu else CPU_LIMIT,
                 "argv": [sys.executable, str(HERE / "generation.py"), "--device", device, *gen,
                          "--json", str(work / "generation-8b.json")]})
+    # bf16 batched decoding differed from one at a time on random 8B weights (0/8): the same in float32
+    fp32 = (["--shape", "1b", "--dtype", "float32", "--prompts", "32", "--batch-size", "32", "--new-tokens", "64",
+             "--single", "8"] if gpu else
+            ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"])
+    out.append({"name": "generation-1b-fp32", "kind": "generation", "limit": 120 if gpu else CPU_LIMIT,
+                "argv": [sys.executable, str(HERE / "generation.py"), "--device", device, *fp32,
+                         "--json", str(work / "generation-1b-fp32.json")]})
     out.append({"name": "bf16-stack", "kind": "stack", "limit": 120 if gpu else CPU_LIMIT,
                 "argv": [sys.executable, __file__, "--worker", "bf16-stack", "--out", str(work), "--size", size]})
     out.append({"name": "pretrain-36m", "kind": "pretrain", "limit": 150 if gpu else CPU_LIMIT,

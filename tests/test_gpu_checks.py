@@ -19,10 +19,11 @@ def test_gpu_checks_run_at_cpu_size(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "gpu_checks.json").read_text())["rows"]
     assert [r["check"] for r in rows] == ["step-1b-lora", "step-1b-full", "memory-1b", "bf16-stack",
-                                          "generation-8b", "step-8b-lora", "pretrain-36m"]
+                                          "generation-8b", "step-8b-lora", "pretrain-36m", "generation-1b-fp32",
+                                          "step-1b-lora-shared"]
     assert all(r["status"] == "ok" for r in rows), [(r["check"], r["result"]) for r in rows if r["status"] != "ok"]
     table = (tmp_path / "gpu_checks.md").read_text()
-    assert table.count("| ok |") == 7
+    assert table.count("| ok |") == 9
     memory = next(r for r in rows if r["check"] == "memory-1b")["data"]
     assert [r["component"] for r in memory["rows"]] == ["ssu (plain, full)", "protect"]
     assert memory["rows"][1]["state"] == pytest.approx(2.0, abs=0.01)  # one bf16 Fisher
