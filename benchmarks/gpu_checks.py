@@ -62,6 +62,11 @@ STEP_CPU = {"1b-lora": ["--shape", "small", "--windows", "6", "--books", "synthe
             "8b-lora": ["--shape", "small", "--windows", "4", "--books", "synthetic"],
             "1b-lora-shared": ["--shape", "small", "--windows", "6", "--only", "ours", "--books", "synthetic",
                                "--set", "train.share_prompts=true"]}
+# name -> generation.py at GPU size (batch 32, 64 new tokens, 8 prompts one at a time); at CPU size the nano model
+GENERATION_GPU = {"8b": ["--shape", "8b", "--dtype", "bfloat16", "--prompts", "64"],
+                  # bf16 batched decoding differed from one at a time on random 8B weights (0/8): float32
+                  "1b-fp32": ["--shape", "1b", "--dtype", "float32", "--prompts", "32"]}
+GENERATION_CPU = ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"]
 # The components whose memory docs/memory.md states (the rows of recipe_memory.py; plain ssu's is always run).
 MEMORY_ROWS = {"gpu": ["ssu-stable regularizers (fisher + retain-mask)", "protect", "kl (reference: cached)"],
                "cpu": ["protect"]}
@@ -81,19 +86,11 @@ def checks(size: str, work: Path, corpus: Path | None) -> list[dict]:
                 "argv": [sys.executable, str(HERE / "recipe_memory.py"), "--device", device,
                          "--size", "1b" if gpu else "nano", "--repeats", "1", "--only", *MEMORY_ROWS[size],
                          "--json", str(work / "memory-1b.json")]})
-    gen = (["--shape", "8b", "--dtype", "bfloat16", "--prompts", "64", "--batch-size", "32", "--new-tokens", "64",
-            "--single", "8"] if gpu else
-           ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"])
-    out.append({"name": "generation-8b", "kind": "generation", "limit": 150 if gpu else CPU_LIMIT,
-                "argv": [sys.executable, str(HERE / "generation.py"), "--device", device, *gen,
-                         "--json", str(work / "generation-8b.json")]})
-    # bf16 batched decoding differed from one at a time on random 8B weights (0/8): the same in float32
-    fp32 = (["--shape", "1b", "--dtype", "float32", "--prompts", "32", "--batch-size", "32", "--new-tokens", "64",
-             "--single", "8"] if gpu else
-            ["--size", "nano", "--prompts", "8", "--batch-size", "8", "--new-tokens", "16"])
-    out.append({"name": "generation-1b-fp32", "kind": "generation", "limit": 120 if gpu else CPU_LIMIT,
-                "argv": [sys.executable, str(HERE / "generation.py"), "--device", device, *fp32,
-                         "--json", str(work / "generation-1b-fp32.json")]})
+    for name, argv in GENERATION_GPU.items():
+        argv = [*argv, "--batch-size", "32", "--new-tokens", "64", "--single", "8"] if gpu else GENERATION_CPU
+        out.append({"name": f"generation-{name}", "kind": "generation", "limit": 150 if gpu else CPU_LIMIT,
+                    "argv": [sys.executable, str(HERE / "generation.py"), "--device", device, *argv,
+                             "--json", str(work / f"generation-{name}.json")]})
     out.append({"name": "bf16-stack", "kind": "stack", "limit": 120 if gpu else CPU_LIMIT,
                 "argv": [sys.executable, __file__, "--worker", "bf16-stack", "--out", str(work), "--size", size]})
     out.append({"name": "pretrain-36m", "kind": "pretrain", "limit": 150 if gpu else CPU_LIMIT,
