@@ -149,9 +149,10 @@ def counted(prepared: Path, model_dir: Path, name: str, device: str = "cpu") -> 
     return total / n
 
 
-def child(prepared: str, model_dir: str, name: str, out: str, device: str = "cpu", steps: str = "2") -> None:
-    """Steps 1 and 2 (step 1 on a GPU) of the variant in this process; prints their peak (bytes) as JSON: the
-    process's peak RSS on the CPU, the peak of allocated tensors on a GPU."""
+def child(prepared: str, model_dir: str, name: str, out: str, device: str, steps: str) -> None:
+    """Steps 1..``steps`` of the variant in this process (step 2 has an earlier book: guard's rows);
+    prints their peak (bytes) as JSON: the process's peak RSS on the CPU, the peak of allocated
+    tensors on a GPU."""
     from ssu.recipes.init import init_run
     from ssu.recipes.step import run_step
 
@@ -159,10 +160,8 @@ def child(prepared: str, model_dir: str, name: str, out: str, device: str = "cpu
     over = {"model": model_dir, "data": prepared, "device": device, "eval": {"enabled": False},
             "train": {"finetune": "full", "epochs": 1, "batch_size": 2, "grad_accum": 1}, **VARIANTS[name]}
     init_run(out, over)
-    steps = int(steps)
     t0 = time.perf_counter()
-    # Step 2 has an earlier book (guard's rows); on a GPU step 1 alone (at 1B a step writes a 5 GB vector).
-    for t in range(1, steps + 1):
+    for t in range(1, int(steps) + 1):
         run_step(out, t, progress=False)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -184,7 +183,8 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    # On a GPU the runs' full vectors go to memory (/dev/shm) where it exists: disk writes dominated there.
+    # On a GPU one step (at 1B a step writes a 5 GB vector), and the runs go to memory (/dev/shm)
+    # where it exists: disk writes dominated there.
     steps = args.steps or (1 if args.device == "cuda" else 2)
     shm = "/dev/shm" if args.device == "cuda" and os.path.isdir("/dev/shm") else None
     t0 = time.perf_counter()
@@ -206,13 +206,12 @@ def main() -> None:
         for r in range(args.repeats):
             for i, name in enumerate(names):
                 out = subprocess.run([sys.executable, __file__, "--child", str(prepared), str(model_dir), name,
-                                      str(root / f"run{r}-{i}"), args.device, str(steps)], capture_output=True,
-                                     text=True,
-                                     env=env)
+                                      str(root / f"run{r}-{i}"), args.device, str(steps)],
+                                     capture_output=True, text=True, env=env)
                 if out.returncode:
                     raise SystemExit(f"{name}: {(out.stderr.strip().splitlines() or ['failed'])[-1]}")
                 peaks.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
-                shutil.rmtree(root / f"run{r}-{i}")  # two full vectors: 10 GB a run at the 1B shape
+                shutil.rmtree(root / f"run{r}-{i}")  # a full vector per step: 5 GB each at the 1B shape
                 print(f"[{time.perf_counter() - t0:.0f} s] {name}: peak {peaks[name][-1] / 2**30:.2f} GiB",
                       file=sys.stderr, flush=True)
         peaks = {k: statistics.median(v) for k, v in peaks.items()}

@@ -249,10 +249,9 @@ def finetune(model, method, fs: ForgetSet, train: TrainSettings, hooks: Hooks | 
     model.eval()
     if procs.distributed:
         stats["tokens"] = int(procs.sum(torch.tensor(stats["tokens"], device=procs.device)))
-    # AdamW's moments (8 bytes per weight) end with the fine-tune: the masker read its fixed mask
-    # from them and accelerate keeps what it prepared; dropped, they are not held while the
-    # step's vector is taken and calibrated.
-    masker.optimizer = None
+    # AdamW's moments (8 bytes per weight) end with the fine-tune, not held while the step's
+    # vector is taken and calibrated: the masker and accelerate let go of the optimizer.
+    masker.release()
     procs.release()
     return FinetuneResult(model=model, masker=masker, optimizer_steps=step, losses=stats["losses"],
                           mask_fraction=stats["mask_fraction"], tokens=stats["tokens"],

@@ -294,6 +294,11 @@ class SaliencyMasker:
         self.selected: dict[str, int] = {}
         self.calls = 0
 
+    def release(self) -> None:
+        """Let go of the optimizer once its steps are done: mode ``fixed`` reads its mask from the
+        optimizer's moments, which must not outlive the fine-tune (8 bytes per weight)."""
+        self.optimizer = None
+
     def __call__(self, named_params: Iterable[tuple[str, nn.Parameter]]) -> dict[str, Any]:
         """Mask the gradients in place; returns {} for ``"none"``, else statistics:
         ``threshold``, ``selected`` and ``total`` entries, ``fraction`` = selected/total.
