@@ -258,3 +258,40 @@ def test_run_on_weight_takes_the_freed_mass_off_pieces_that_glue_onto_the_word(m
                                    **({"rollout_loss": "kl", "run_on_weight": w} if w else {}))[2])
              for w in (None, 0.01)}
     assert share[0.01] < 0.5 * share[None]
+
+
+def test_margin_is_the_hinge_under_the_runner_up_and_trains_the_flagged_tokens_under_it(memorized):
+    """``rollout_loss: margin``: max(0, m + z_token − max z_other) at the flagged tokens, over the
+    rollouts' tokens; trained on fixed flags (the memorised model's decodes, kept for the whole run),
+    every flagged token ends more than m under the best other candidate."""
+    fs, start = memorized
+    method = make_method("suppress", rollout_every=1, ngram=3, teacher_weight=0.0, rollout_loss="margin", margin=4.0)
+    method.prepare(start, fs)
+    method.start_epoch(start, fs, 1)
+    roll = method.rollouts[0][0]
+    method.flags[tuple(roll.ids)] = torch.tensor([True, False] * 4)
+    with torch.no_grad():
+        lg = start(torch.tensor([roll.ids])).logits[0, 7:15].float()
+    tok = torch.tensor(roll.ids[8:])[:, None]
+    gap = lg.gather(-1, tok).squeeze(-1) - lg.scatter(-1, tok, float("-inf")).amax(-1)
+    want = ((4.0 + gap).clamp(min=0) * torch.tensor([1.0, 0.0] * 4)).sum() / 8
+    got = method.loss(start, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))
+    assert got[0].item() == pytest.approx(want.item(), rel=1e-5) and want.item() > 4 * 4 / 8  # memorised: gap > 0
+    for bad in ({"margin": 0.0}, {"margin": -1.0}):
+        with pytest.raises(SSUError, match="margin > 0"):
+            make_method("suppress", rollout_every=1, rollout_loss="margin", **bad)
+
+    # rollouts only at epoch 1 (every 100 epochs): the flags stay the memorised decodes, i.e. the book itself
+    trained = train("suppress", memorized, lr=5e-3, epochs=15, rollout_every=100, ngram=3, teacher_weight=0.0,
+                    rollout_loss="margin", margin=4.0)[2]
+
+    def gaps(model) -> torch.Tensor:  # at the flagged positions: every continuation token after the first two
+        out = []
+        for e in fs.learn:
+            with torch.no_grad():
+                lg = model(torch.tensor([e.ids])).logits[0, e.n_prompt + 1 : -1].float()
+            tok = torch.tensor(e.continuation_ids[2:])[:, None]
+            out.append(lg.gather(-1, tok).squeeze(-1) - lg.scatter(-1, tok, float("-inf")).amax(-1))
+        return torch.cat(out)
+
+    assert gaps(start).min().item() > 0 and gaps(trained).max().item() < -4.0  # measured: -8.1 at the most

@@ -259,6 +259,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... the embeddings frozen and 64 general-text windows in the retain rows (the n-gram check and the KL)
     "onpolicy-generic1-capped-frozen-emb-text64": capped(frozen=EMBEDDINGS, generic={**POOL, "dir": GENERIC_DIR,
                                                                                      "windows": 64}),
+    # the preset's unlikelihood replaced by a hinge m nats under the runner-up (rollout_loss margin): against
+    # relearning, which found the book token just under the next candidate; with rollout_target book the hinge also
+    # acts where the token is no longer emitted; -over: α taken 10x past the crossing (≤ 1) where the checks hold,
+    # so the depth the hinge trained is not scaled away by calibrating to the first crossing
+    **{f"onpolicy-hinge{m}{'-book' if book else ''}{'-over' if over else ''}": capped(
+        rollout_loss="margin", margin=float(m), overshoot=over, **({"rollout_target": "book"} if book else {}))
+        for m, book, over in ((4, False, 0.0), (4, True, 0.0), (4, True, 10.0), (8, True, 10.0))},
+    "onpolicy-over": capped(overshoot=10.0),  # -over's ablation: the preset's unlikelihood at the same α
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),

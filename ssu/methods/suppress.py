@@ -54,11 +54,16 @@ the pieces of a rare word are shared by every book. With ``rollout_loss: kl`` a 
 trained toward the decoding model's own distribution at that context without it (and, with
 ``run_on_weight``, without the pieces that would glue onto the word before) instead of by
 unlikelihood: the same loss at the decoding model, but the freed mass has a place to go
-(ssu/methods/rollouts.py says why). ``saliency_density`` d keeps the top d of |grad| at every
-optimizer step (``saliency: step``; over a step the masks' union is wider: at d 0.05, 40 % of
-a Gutenberg step's weights moved) or the first optimizer step's top d for the whole step
-(``fixed``, SalUn's mode: exactly d of the weights move; the mask read back from AdamW's
-moments, nothing held). Decoding needs the whole model (not under FSDP).
+(ssu/methods/rollouts.py says why). With ``rollout_loss: margin`` a flagged token is trained until
+its logit is ``margin`` under the best other candidate's, max(0, m + z_token − max z_other) (a
+hinge on the log-odds against the runner-up): unlikelihood's gradient is p(token), which fades
+once the token drops just under the next candidate -- where six relearning steps found it again
+(experiments/deep, "On-policy removal"); the hinge keeps pushing until the gap is m nats, and with
+``rollout_target: book`` also where the model no longer emits the token. ``saliency_density`` d
+keeps the top d of |grad| at every optimizer step (``saliency: step``; over a step the masks'
+union is wider: at d 0.05, 40 % of a Gutenberg step's weights moved) or the first optimizer
+step's top d for the whole step (``fixed``, SalUn's mode: exactly d of the weights move; the
+mask read back from AdamW's moments, nothing held). Decoding needs the whole model (not under FSDP).
 
 Written here because no kept library has it: open-unlearning's methods (GradDiff, NPO,
 SimNPO, DPO with refusals, RMU) train toward ascent, preferences or a steering vector,
@@ -107,9 +112,10 @@ class SuppressArgs:
     teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
     teacher_on: str = "all"  # the KL at every continuation token, or only at the "book" tokens rollouts would flag
     word_starts: bool = False  # flag only tokens that begin a word, never one that continues the word before it
-    rollout_loss: str = "unlikelihood"  # at a flagged token: −log(1 − p) or ("kl") KL to the decoding model's
+    rollout_loss: str = "unlikelihood"  # flagged token: −log(1 − p), ("margin") a hinge, or ("kl") KL to the decoder's
     # distribution there without the token (rollouts.flagged_targets; its topk as the teacher's)
     run_on_weight: float = 1.0  # kl: odds of a piece that would glue onto the word before, in that target
+    margin: float = 4.0  # rollout_loss margin: the gap (nats of logit) under the best other candidate trained for
 
     def __post_init__(self) -> None:
         if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book"):
@@ -122,10 +128,10 @@ class SuppressArgs:
                            "generic_ngram in [0, ngram], rollout_temperature > 0")
         if self.word_starts and self.rollout_target == "book":
             raise SSUError("suppress: word_starts applies to the flagged tokens (rollout_target decoded)")
-        if self.rollout_loss not in ("unlikelihood", "kl") or not 0 < self.run_on_weight <= 1 \
-                or (self.rollout_loss == "kl" and self.rollout_target == "book"):
-            raise SSUError("suppress: rollout_loss must be unlikelihood or kl (kl with rollout_target decoded), "
-                           "run_on_weight in (0, 1]")
+        if self.rollout_loss not in ("unlikelihood", "kl", "margin") or not 0 < self.run_on_weight <= 1 \
+                or (self.rollout_loss == "kl" and self.rollout_target == "book") or self.margin <= 0:
+            raise SSUError("suppress: rollout_loss must be unlikelihood, kl (with rollout_target decoded) or margin, "
+                           "run_on_weight in (0, 1], margin > 0")
         if self.teacher_weight == 0 and (self.rollout_every == 0 or self.rollout_weight == 0):
             raise SSUError("suppress: teacher_weight 0 needs rollouts (rollout_every > 0, rollout_weight > 0)")
         if (self.saliency_density is not None and not 0 < self.saliency_density <= 1) \
@@ -290,8 +296,8 @@ class Suppress(UnlearningMethod):
             teacher = self.teacher_kl(logits, batch, reference)
             loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
         if batch.has(ROLLOUT):
-            term, book = self.unlikelihood(logits, batch) if self.args.rollout_loss == "unlikelihood" \
-                else self.rollout_kl(logits, batch)
+            term, book = self.rollout_kl(logits, batch) if self.args.rollout_loss == "kl" \
+                else self.unlikelihood(logits, batch)
             loss = loss + self.args.rollout_weight * term
             parts.update(rollout_ul=term.item(), rollout_book=book.item())
         return loss, parts
@@ -320,8 +326,9 @@ class Suppress(UnlearningMethod):
         return group_mean_nll(kl, mask, batch, LEARN)
 
     def unlikelihood(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """−log(1 − p(token)) at the rollout tokens flagged as the book's, over the rollouts' tokens;
-        and the flagged fraction (how much of the model's own output is still the book)."""
+        """−log(1 − p(token)) (``margin``: max(0, m + z_token − max z_other)) at the rollout tokens
+        flagged as the book's, over the rollouts' tokens; and the flagged fraction (how much of the
+        model's own output is still the book)."""
         labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
         mask = labels != IGNORE_INDEX
         flagged = per_token(batch, mask, self.flags, False)
@@ -333,8 +340,12 @@ class Suppress(UnlearningMethod):
         rows = batch.group.to(logits.device) == ROLLOUT
         lg, want = logits[rows].float(), target[rows].clamp(min=0).unsqueeze(-1)
         ul = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
-        logp = lg.gather(-1, want).squeeze(-1) - lg.logsumexp(-1)
-        ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * hit[rows]
+        if self.args.rollout_loss == "margin":  # the token m under the runner-up, not only just under it
+            gap = lg.gather(-1, want).squeeze(-1) - lg.scatter(-1, want, float("-inf")).amax(-1)
+            ul[rows] = F.relu(self.args.margin + gap) * hit[rows]
+        else:
+            logp = lg.gather(-1, want).squeeze(-1) - lg.logsumexp(-1)
+            ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * hit[rows]
         return group_mean_nll(ul, mask, batch, ROLLOUT), group_mean_nll(flagged.float(), mask, batch, ROLLOUT)
 
     def rollout_kl(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
