@@ -4,6 +4,7 @@ that each moves the model's own output the intended way."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -295,3 +296,26 @@ def test_margin_is_the_hinge_under_the_runner_up_and_trains_the_flagged_tokens_u
         return torch.cat(out)
 
     assert gaps(start).min().item() > 0 and gaps(trained).max().item() < -4.0  # measured: -8.1 at the most
+
+
+def test_adversary_takes_the_rollout_term_one_relearning_step_away(memorized):
+    """``adversary`` ρ: the rollout term at θ + ρ g / ‖g‖ (g: the gradient of the flagged tokens'
+    log-probability). ρ → 0 is the term at θ; a small ρ moves toward the book, so the term rises;
+    the weights themselves are left as they were, and the gradient reaches them through θ + δ."""
+    fs, start = memorized
+    model = copy.deepcopy(start).requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = {}
+    for rho in (0.0, 1e-7, 0.1):
+        method = make_method("suppress", rollout_every=1, ngram=3, teacher_weight=0.0, adversary=rho)
+        method.prepare(model, fs)
+        method.start_epoch(model, fs, 1)
+        model.zero_grad()
+        loss = method.loss(model, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))[0]
+        loss.backward()
+        losses[rho] = loss.item()
+        assert sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None) > 0
+    assert losses[1e-7] == pytest.approx(losses[0.0], rel=1e-5) and losses[0.1] > losses[0.0] + 0.1  # 5.03 -> 5.28
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(SSUError, match="adversary must be >= 0"):
+        make_method("suppress", rollout_every=1, adversary=-0.1)

@@ -133,14 +133,17 @@ def forward_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return packed_nll(model, batch)
 
 
-def labelled_logits(model, batch: Batch) -> torch.Tensor:
+def labelled_logits(model, batch: Batch, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The model's logits from the position that predicts the batch's first label on,
     ``(rows, width - skipped, vocab)``: ``logits_to_keep`` where the forward takes it (an
-    int keeps the LAST positions), every position otherwise."""
+    int keeps the LAST positions), every position otherwise. With ``params`` (name -> tensor,
+    some of the model's parameters), the forward runs with those in their place
+    (``torch.func.functional_call``: gradients reach whatever the tensors were computed from)."""
     width = batch.input_ids.size(1)
     first = max(min(batch.label_start, width) - 1, 0)
     keep = {"logits_to_keep": width - first} if first > 0 and "logits_to_keep" in _forward_params(model) else {}
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **keep).logits
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **keep}
+    return (model(**kwargs) if params is None else torch.func.functional_call(model, params, (), kwargs)).logits
 
 
 def packed_nll(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,6 +116,7 @@ class SuppressArgs:
     # distribution there without the token (rollouts.flagged_targets; its topk as the teacher's)
     run_on_weight: float = 1.0  # kl: odds of a piece that would glue onto the word before, in that target
     margin: float = 4.0  # rollout_loss margin: the gap (nats of logit) under the best other candidate trained for
+    adversary: float = 0.0  # ρ: the rollout term taken at the weights one relearning step of norm ρ away (0: off)
 
     def __post_init__(self) -> None:
         if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book"):
@@ -137,6 +138,8 @@ class SuppressArgs:
         if (self.saliency_density is not None and not 0 < self.saliency_density <= 1) \
                 or self.saliency not in ("step", "fixed"):
             raise SSUError("suppress: saliency_density must be in (0, 1], saliency step or fixed")
+        if self.adversary < 0:
+            raise SSUError("suppress: adversary must be >= 0")
         if self.reference not in ("model", "cached") or self.topk < 1:
             raise SSUError("suppress: reference must be model or cached, topk >= 1")
 
@@ -296,11 +299,38 @@ class Suppress(UnlearningMethod):
             teacher = self.teacher_kl(logits, batch, reference)
             loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
         if batch.has(ROLLOUT):
-            term, book = self.rollout_kl(logits, batch) if self.args.rollout_loss == "kl" \
-                else self.unlikelihood(logits, batch)
+            at = self.relearned_logits(model, batch, logits) if self.args.adversary > 0 else logits
+            term, book = self.rollout_kl(at, batch) if self.args.rollout_loss == "kl" else self.unlikelihood(at, batch)
             loss = loss + self.args.rollout_weight * term
             parts.update(rollout_ul=term.item(), rollout_book=book.item())
         return loss, parts
+
+    def relearned_logits(self, model, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """``adversary`` ρ: the batch's logits at θ + ρ g / ‖g‖, g the gradient of the mean log-probability
+        of the tokens the rollout term trains down (over every trainable weight) -- the weights one
+        relearning step of norm ρ away, where the term then has to hold as well (sharpness-aware
+        unlearning's inner step, Fan et al. ICML 2025, taken along the relearning direction: the
+        forget term here is zero once its tokens are down, so its own gradient gives no direction).
+        Gradients reach θ through θ + δ (δ held fixed); costs one more backward and forward and a
+        float32 δ of the trained weights' size while the loss is taken -- an option for measuring,
+        not the ≤ 2 bytes/param recipe."""
+        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
+        mask = labels != IGNORE_INDEX
+        target, hit = (per_token(batch, mask, self.targets, -1), None) if self.args.rollout_target == "book" \
+            else (labels, per_token(batch, mask, self.flags, False))
+        hit = target >= 0 if hit is None else hit & mask
+        if not hit.any():
+            return logits
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        logp = logits.float().log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)[hit]
+        grads = torch.autograd.grad(logp.mean(), list(params.values()), retain_graph=True, allow_unused=True)
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+        if not torch.isfinite(norm) or norm == 0:
+            return logits
+        scale = self.args.adversary / norm
+        moved = {n: (p.float() + g.float() * scale).to(p.dtype)  # the sum in float32, rounded once
+                 for (n, p), g in zip(params.items(), grads) if g is not None}
+        return labelled_logits(model, batch, moved)[:, :-1]
 
     def teacher_kl(self, logits: torch.Tensor, batch: Batch, reference) -> torch.Tensor:
         """KL(q ‖ p_θ) at the learning rows' continuation tokens, over the micro-batch's."""
