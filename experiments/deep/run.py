@@ -270,7 +270,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... the hinge taken at the weights one relearning step of norm ρ away (suppress's adversary; the demo model's
     # 666k weights move ~0.8 in norm per relearning step: AdamW at lr 1e-3 moves each by about 1e-3)
     **{f"onpolicy-hinge4-book-adv{rho}-over": capped(rollout_loss="margin", margin=4.0, rollout_target="book",
-                                                     adversary=rho, overshoot=10.0) for rho in (0.1, 0.5)},
+                                                     adversary=rho, overshoot=10.0) for rho in (0.1, 0.5, 1.0)},
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
