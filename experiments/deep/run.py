@@ -271,6 +271,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # 666k weights move ~0.8 in norm per relearning step: AdamW at lr 1e-3 moves each by about 1e-3)
     **{f"onpolicy-hinge4-book-adv{rho}-over": capped(rollout_loss="margin", margin=4.0, rollout_target="book",
                                                      adversary=rho, overshoot=10.0) for rho in (0.1, 0.5, 1.0)},
+    # ... at the preset's α (the first calibration crossing, not α 1)
+    "onpolicy-hinge4-book-adv0.5": capped(rollout_loss="margin", margin=4.0, rollout_target="book", adversary=0.5),
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),

@@ -311,18 +311,15 @@ class Suppress(UnlearningMethod):
         relearning step of norm ρ away, where the term then has to hold as well (sharpness-aware
         unlearning's inner step, Fan et al. ICML 2025, taken along the relearning direction: the
         forget term here is zero once its tokens are down, so its own gradient gives no direction).
-        Gradients reach θ through θ + δ (δ held fixed); costs one more backward and forward and a
-        float32 δ of the trained weights' size while the loss is taken -- an option for measuring,
-        not the ≤ 2 bytes/param recipe."""
-        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
-        mask = labels != IGNORE_INDEX
-        target, hit = (per_token(batch, mask, self.targets, -1), None) if self.args.rollout_target == "book" \
-            else (labels, per_token(batch, mask, self.flags, False))
-        hit = target >= 0 if hit is None else hit & mask
+        Gradients reach θ through θ + δ (δ held fixed); costs one more backward and forward, g while
+        δ is made and the moved weights until the backward -- an option for measuring, not the
+        ≤ 2 bytes/param recipe."""
+        _, _, target, hit = self.rollout_positions(batch, logits)
         if not hit.any():
             return logits
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        logp = logits.float().log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)[hit]
+        lg = logits[hit].float()  # log p(token) = logit − logsumexp at the hit positions only
+        logp = lg.gather(-1, target[hit].unsqueeze(-1)).squeeze(-1) - lg.logsumexp(-1)
         grads = torch.autograd.grad(logp.mean(), list(params.values()), retain_graph=True, allow_unused=True)
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
         if not torch.isfinite(norm) or norm == 0:
@@ -331,6 +328,18 @@ class Suppress(UnlearningMethod):
         moved = {n: (p.float() + g.float() * scale).to(p.dtype)  # the sum in float32, rounded once
                  for (n, p), g in zip(params.items(), grads) if g is not None}
         return labelled_logits(model, batch, moved)[:, :-1]
+
+    def rollout_positions(self, batch: Batch, logits: torch.Tensor):
+        """The rollout rows' (mask of labelled tokens, flagged as the book's, token to train down,
+        where to train it): the decoded token where it is flagged, or with ``rollout_target: book``
+        the book's next token wherever the decoded context ends with one of its runs."""
+        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
+        mask = labels != IGNORE_INDEX
+        flagged = per_token(batch, mask, self.flags, False)
+        if self.args.rollout_target == "book":
+            target = per_token(batch, mask, self.targets, -1)
+            return mask, flagged, target, target >= 0
+        return mask, flagged, labels, flagged
 
     def teacher_kl(self, logits: torch.Tensor, batch: Batch, reference) -> torch.Tensor:
         """KL(q ‖ p_θ) at the learning rows' continuation tokens, over the micro-batch's."""
@@ -359,17 +368,11 @@ class Suppress(UnlearningMethod):
         """−log(1 − p(token)) (``margin``: max(0, m + z_token − max z_other)) at the rollout tokens
         flagged as the book's, over the rollouts' tokens; and the flagged fraction (how much of the
         model's own output is still the book)."""
-        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
-        mask = labels != IGNORE_INDEX
-        flagged = per_token(batch, mask, self.flags, False)
-        target, hit = labels, flagged
-        if self.args.rollout_target == "book":  # the book's next token wherever the context ends with its run
-            target = per_token(batch, mask, self.targets, -1)
-            hit = target >= 0
+        mask, flagged, target, hit = self.rollout_positions(batch, logits)
         # log p(token) = logit − logsumexp on the rollout rows only: no full log-softmax copy of the logits
         rows = batch.group.to(logits.device) == ROLLOUT
         lg, want = logits[rows].float(), target[rows].clamp(min=0).unsqueeze(-1)
-        ul = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+        ul = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
         if self.args.rollout_loss == "margin":  # the token m under the runner-up, not only just under it
             gap = lg.gather(-1, want).squeeze(-1) - lg.scatter(-1, want, float("-inf")).amax(-1)
             ul[rows] = F.relu(self.args.margin + gap) * hit[rows]
@@ -381,9 +384,7 @@ class Suppress(UnlearningMethod):
     def rollout_kl(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """KL(q ‖ p_θ) at the flagged rollout tokens (q: :func:`flagged_targets`, over the k + 2
         outcomes of the cached teacher), over the rollouts' tokens; and the flagged fraction."""
-        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
-        mask = labels != IGNORE_INDEX
-        flagged = per_token(batch, mask, self.flags, False)
+        mask, flagged, _, _ = self.rollout_positions(batch, logits)
         kl = logits[..., 0].float() * 0  # in the graph: a micro-batch with nothing flagged still backpropagates
         for row in flagged.any(-1).nonzero().flatten().tolist():
             ids, logq, tok = self.rollout_q[row_key(batch, row)]
