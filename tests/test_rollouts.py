@@ -319,3 +319,65 @@ def test_adversary_takes_the_rollout_term_one_relearning_step_away(memorized):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     with pytest.raises(SSUError, match="adversary must be >= 0"):
         make_method("suppress", rollout_every=1, adversary=-0.1)
+    for bad in ({"adversary_step": "linf"}, {"adversary_on": "prompt"}):
+        with pytest.raises(SSUError, match="adversary_step l2 or sign"):
+            make_method("suppress", rollout_every=1, adversary=0.1, **bad)
+
+
+def test_relearned_params_step_toward_the_objective_by_norm_or_by_sign():
+    """``l2`` moves the weights by ρ in norm along g, ``sign`` moves every weight by ρ (AdamW's
+    first step); either raises the objective, and in bf16 (N(0, 0.02) weights, ρ 1e-3 and the
+    attacker's lr 1e-5) the moved weight is the float32 sum rounded once -- a 1e-5 step is below
+    bf16's spacing at 0.02 (1.2e-4) and leaves most weights where they were, as it would the attacker's."""
+    from ssu.methods.adversary import relearned_params
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 32), torch.randint(0, 8, (16,))
+    for dtype in (torch.float32, torch.bfloat16):
+        model = torch.nn.Linear(32, 8).to(dtype)
+        torch.nn.init.normal_(model.weight, std=0.02)
+
+        def objective(params=None, model=model, dtype=dtype):
+            out = model(x.to(dtype)) if params is None else torch.func.functional_call(model, params, (x.to(dtype),))
+            return out.float().log_softmax(-1).gather(-1, y[:, None]).mean()
+
+        for step, rho in (("l2", 0.1), ("sign", 1e-3), ("sign", 1e-5)):
+            moved = relearned_params(model, objective(), rho, step)
+            g, gb = (t.float() for t in torch.autograd.grad(objective(), [model.weight, model.bias]))
+            scale = rho / torch.sqrt((g**2).sum() + (gb**2).sum())
+            want = model.weight.float() + (rho * g.sign() if step == "sign" else g * scale)
+            assert torch.equal(moved["weight"], want.to(dtype))  # the float32 sum, rounded once
+            changed = (moved["weight"] != model.weight).float().mean().item()
+            if dtype == torch.float32 and step == "l2":
+                delta = torch.cat([(moved[n].float() - p.float()).flatten() for n, p in model.named_parameters()])
+                assert delta.norm().item() == pytest.approx(rho, rel=1e-4)
+            if dtype == torch.float32 and step == "sign":
+                assert (moved["weight"] - model.weight).abs().sub(rho).abs().max().item() < 1e-8
+            if step != "sign" or rho > 1e-4 or dtype == torch.float32:
+                assert changed > 0.9 and objective(moved).item() > objective().item()
+            else:
+                assert changed < 0.5  # bf16: most of a 1e-5 step rounds away (measured: 0.14 of them change)
+    flat = torch.nn.Linear(4, 2)
+    assert relearned_params(flat, (flat.weight * 0).sum(), 0.1) is None  # no direction: the caller keeps θ
+
+
+def test_the_sign_adversary_on_the_book_raises_the_rollout_term_and_leaves_the_weights(memorized):
+    """``adversary_step: sign`` with ``adversary_on: book``: the rollout term at the weights one AdamW
+    step of the relearning attacker away (g from the book's own continuations) is higher than at θ --
+    the book comes back there -- and θ is untouched."""
+    fs, start = memorized
+    model = copy.deepcopy(start).requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = {}
+    for rho in (0.0, 1e-3):
+        method = make_method("suppress", rollout_every=1, ngram=3, teacher_weight=0.0, adversary=rho,
+                             adversary_step="sign", adversary_on="book")
+        method.prepare(model, fs)
+        method.start_epoch(model, fs, 1)
+        model.zero_grad()
+        loss = method.loss(model, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))[0]
+        loss.backward()
+        losses[rho] = loss.item()
+        assert sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None) > 0
+    assert losses[1e-3] > losses[0.0]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -59,7 +59,10 @@ its logit is ``margin`` under the best other candidate's, max(0, m + z_token −
 hinge on the log-odds against the runner-up): unlikelihood's gradient is p(token), which fades
 once the token drops just under the next candidate -- where six relearning steps found it again
 (experiments/deep, "On-policy removal"); the hinge keeps pushing until the gap is m nats, and with
-``rollout_target: book`` also where the model no longer emits the token. ``saliency_density`` d
+``rollout_target: book`` also where the model no longer emits the token; ``teacher_loss: margin`` puts
+the same hinge on the book's own windows, teacher-forced, in place of the KL (with ``teacher_on: book``
+at the tokens rollouts would flag): a removed book whose greedy decode leaves it early can keep most
+of its tokens first under its true prefixes, which a few relearning steps bring back. ``saliency_density`` d
 keeps the top d of |grad| at every optimizer step (``saliency: step``; over a step the masks'
 union is wider: at d 0.05, 40 % of a Gutenberg step's weights moved) or the first optimizer
 step's top d for the whole step (``fixed``, SalUn's mode: exactly d of the weights move; the
@@ -75,7 +78,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ssu.engine.encoding import Encoded
 from ssu.engine.losses import (
@@ -86,12 +88,12 @@ from ssu.engine.losses import (
     Row,
     group_mean_nll,
     labelled_logits,
-    log_rest,
-    make_batch,
 )
 from ssu.errors import SSUError
+from ssu.methods.adversary import STEPS, relearned_params
 from ssu.methods.base import METHODS, UnlearningMethod
 from ssu.methods.rollouts import book_flags, book_next, book_targets, flagged_targets, ngrams, rollout, slid, word_joins
+from ssu.methods.targets import cached_kl, cached_target, margin_hinge, suppression_kl
 
 
 @dataclass
@@ -111,16 +113,21 @@ class SuppressArgs:
     rollout_temperature: float = 1.0
     teacher_weight: float = 1.0  # weight of the teacher-forced KL on the book's own windows (0: rollouts alone)
     teacher_on: str = "all"  # the KL at every continuation token, or only at the "book" tokens rollouts would flag
+    teacher_loss: str = "kl"  # on the book's own windows: the KL to q, or ("margin") the hinge under the runner-up
     word_starts: bool = False  # flag only tokens that begin a word, never one that continues the word before it
     rollout_loss: str = "unlikelihood"  # flagged token: −log(1 − p), ("margin") a hinge, or ("kl") KL to the decoder's
     # distribution there without the token (rollouts.flagged_targets; its topk as the teacher's)
     run_on_weight: float = 1.0  # kl: odds of a piece that would glue onto the word before, in that target
     margin: float = 4.0  # rollout_loss margin: the gap (nats of logit) under the best other candidate trained for
-    adversary: float = 0.0  # ρ: the rollout term taken at the weights one relearning step of norm ρ away (0: off)
+    adversary: float = 0.0  # ρ: the rollout term taken at the weights one relearning step of size ρ away (0: off)
+    adversary_step: str = "l2"  # that step: ρ g / ‖g‖, or ("sign") ρ sign(g), AdamW's first step (methods/adversary.py)
+    adversary_on: str = "flagged"  # g raises the trained-down tokens, or ("book") the book's own continuations
 
     def __post_init__(self) -> None:
-        if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book"):
-            raise SSUError("suppress: teacher_on must be all or book, rollout_target decoded or book")
+        if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book") \
+                or self.teacher_loss not in ("kl", "margin"):
+            raise SSUError("suppress: teacher_on must be all or book, rollout_target decoded or book, "
+                           "teacher_loss kl or margin")
         counts = [self.rollout_every, self.rollout_samples, self.rollout_weight, self.teacher_weight,
                   *self.rollout_offsets]
         if min(counts) < 0 or not self.rollout_offsets or self.ngram < 1 or self.rollout_temperature <= 0 \
@@ -138,62 +145,10 @@ class SuppressArgs:
         if (self.saliency_density is not None and not 0 < self.saliency_density <= 1) \
                 or self.saliency not in ("step", "fixed"):
             raise SSUError("suppress: saliency_density must be in (0, 1], saliency step or fixed")
-        if self.adversary < 0:
-            raise SSUError("suppress: adversary must be >= 0")
+        if self.adversary < 0 or self.adversary_step not in STEPS or self.adversary_on not in ("flagged", "book"):
+            raise SSUError("suppress: adversary must be >= 0, adversary_step l2 or sign, adversary_on flagged or book")
         if self.reference not in ("model", "cached") or self.topk < 1:
             raise SSUError("suppress: reference must be model or cached, topk >= 1")
-
-
-def suppressed_target(ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log q: the reference's next-token log-distribution with each position's label taken out.
-
-    ``ref_logits`` (tokens, vocab) and ``labels`` (tokens,) at labelled positions. Computed
-    in float32; the label's entry is −inf, so it gets exactly zero probability.
-    """
-    masked = ref_logits.float().scatter(-1, labels.unsqueeze(-1), float("-inf"))
-    return F.log_softmax(masked, -1)
-
-
-def suppression_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per position KL(q ‖ p_θ) with q = :func:`suppressed_target` (0 where the label is ignored).
-
-    ``logits`` / ``ref_logits`` (rows, width - 1, vocab) predict ``labels`` (rows, width - 1).
-    """
-    mask = labels != IGNORE_INDEX
-    out = logits.new_zeros(labels.shape, dtype=torch.float32)
-    if not mask.any():
-        return out
-    logq = suppressed_target(ref_logits[mask], labels[mask])
-    logp = F.log_softmax(logits[mask].float(), -1)
-    q = logq.exp()
-    out[mask] = (q * (logq.clamp(min=torch.finfo(torch.float32).min) - logp)).sum(-1)
-    return out
-
-
-@torch.no_grad()
-def cached_target(model, enc, pad_id: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q at one window's labelled positions as (ids of its top k, int32), (log q of those k and
-    of the rest, float32) and (the labels, int64); the label itself is left out of the k."""
-    was_training = model.training
-    model.eval()
-    batch = make_batch([(enc, LEARN)], pad_id).to(next(model.parameters()).device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-    model.train(was_training)
-    labels = batch.labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    logq = suppressed_target(logits[mask], labels[mask])
-    top, ids = logq.topk(min(k, logq.shape[-1] - 1), -1)  # q(label) = 0: never among them
-    return ids.to(torch.int32).cpu(), torch.cat([top, log_rest(top)], -1).cpu(), labels[mask].cpu()
-
-
-def cached_kl(logits: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per position KL(q ‖ p_θ) over the outcomes {the cached k, the label, the rest}; q(label) = 0."""
-    logp = F.log_softmax(logits.float(), -1)
-    p_top = logp.gather(-1, ids.to(logp.device, torch.int64))
-    p_label = logp.gather(-1, labels.to(logp.device).unsqueeze(-1))
-    logp_k = torch.cat([p_top, log_rest(torch.cat([p_top, p_label], -1))], -1)
-    logq = logq.to(logp.device)
-    return (logq.exp() * (logq - logp_k)).sum(-1)
 
 
 def next_token_logits(model, batch: Batch) -> torch.Tensor:
@@ -232,7 +187,8 @@ class Suppress(UnlearningMethod):
 
     def __init__(self, args: SuppressArgs | None = None):
         super().__init__(args or SuppressArgs())
-        self.needs_reference = self.args.reference == "model" and self.args.teacher_weight > 0
+        self.needs_reference = self.args.reference == "model" and self.args.teacher_weight > 0 \
+            and self.args.teacher_loss == "kl"
         self.cache: dict[tuple[int, ...], tuple] | None = None
         self.generates = self.args.rollout_every > 0
         self.book: set[tuple[int, ...]] = set()
@@ -249,7 +205,7 @@ class Suppress(UnlearningMethod):
 
     def prepare(self, model, fs) -> None:
         """cached: q of every forget window at θ_{t−1}, keyed by its token ids (how a batch row is found)."""
-        if not self.needs_reference and self.args.teacher_weight > 0:
+        if not self.needs_reference and self.args.teacher_weight > 0 and self.args.teacher_loss == "kl":
             self.cache = {tuple(e.ids): cached_target(model, e, fs.pad_id, self.args.topk) for e in fs.learn}
         a = self.args
         if (a.word_starts or a.run_on_weight < 1) and fs.tokenizer is None:
@@ -306,28 +262,26 @@ class Suppress(UnlearningMethod):
         return loss, parts
 
     def relearned_logits(self, model, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        """``adversary`` ρ: the batch's logits at θ + ρ g / ‖g‖, g the gradient of the mean log-probability
-        of the tokens the rollout term trains down (over every trainable weight) -- the weights one
-        relearning step of norm ρ away, where the term then has to hold as well (sharpness-aware
-        unlearning's inner step, Fan et al. ICML 2025, taken along the relearning direction: the
-        forget term here is zero once its tokens are down, so its own gradient gives no direction).
-        Gradients reach θ through θ + δ (δ held fixed); costs one more backward and forward, g while
-        δ is made and the moved weights until the backward -- an option for measuring, not the
-        ≤ 2 bytes/param recipe."""
-        _, _, target, hit = self.rollout_positions(batch, logits)
+        """``adversary`` ρ: the batch's logits at the weights one relearning step away
+        (:func:`~ssu.methods.adversary.relearned_params`), where the rollout term then has to hold as
+        well -- sharpness-aware unlearning's inner step taken along the relearning direction (the
+        forget term here is zero once its tokens are down, so its own gradient gives none). That
+        direction raises the mean log-probability of the tokens the term trains down or, with
+        ``adversary_on: book``, of the book's continuation tokens in the window rows: the learning
+        loss the relearning attacker descends. Costs one more backward and forward, g while δ is
+        made and the moved weights until the backward -- an option, not the ≤ 2 bytes/param recipe."""
+        if self.args.adversary_on == "book":
+            labels = shifted_labels(batch, logits).masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
+            hit = labels != IGNORE_INDEX
+            target = labels
+        else:
+            _, _, target, hit = self.rollout_positions(batch, logits)
         if not hit.any():
             return logits
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         lg = logits[hit].float()  # log p(token) = logit − logsumexp at the hit positions only
         logp = lg.gather(-1, target[hit].unsqueeze(-1)).squeeze(-1) - lg.logsumexp(-1)
-        grads = torch.autograd.grad(logp.mean(), list(params.values()), retain_graph=True, allow_unused=True)
-        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
-        if not torch.isfinite(norm) or norm == 0:
-            return logits
-        scale = self.args.adversary / norm
-        moved = {n: (p.float() + g.float() * scale).to(p.dtype)  # the sum in float32, rounded once
-                 for (n, p), g in zip(params.items(), grads) if g is not None}
-        return labelled_logits(model, batch, moved)[:, :-1]
+        moved = relearned_params(model, logp.mean(), self.args.adversary, self.args.adversary_step)
+        return logits if moved is None else labelled_logits(model, batch, moved)[:, :-1]
 
     def rollout_positions(self, batch: Batch, logits: torch.Tensor):
         """The rollout rows' (mask of labelled tokens, flagged as the book's, token to train down,
@@ -342,10 +296,14 @@ class Suppress(UnlearningMethod):
         return mask, flagged, labels, flagged
 
     def teacher_kl(self, logits: torch.Tensor, batch: Batch, reference) -> torch.Tensor:
-        """KL(q ‖ p_θ) at the learning rows' continuation tokens, over the micro-batch's."""
+        """KL(q ‖ p_θ) (``teacher_loss: margin``: the hinge m under the runner-up) at the learning rows'
+        continuation tokens, over the micro-batch's."""
         labels = shifted_labels(batch, logits).masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
         mask = labels != IGNORE_INDEX
-        if self.needs_reference:
+        if self.args.teacher_loss == "margin":
+            kl = logits.new_zeros(labels.shape, dtype=torch.float32)
+            kl[mask] = margin_hinge(logits[mask], labels[mask].unsqueeze(-1), self.args.margin)
+        elif self.needs_reference:
             if reference is None:
                 raise SSUError("method suppress needs the reference model theta_(t-1)")
             with torch.no_grad():
@@ -374,8 +332,7 @@ class Suppress(UnlearningMethod):
         lg, want = logits[rows].float(), target[rows].clamp(min=0).unsqueeze(-1)
         ul = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
         if self.args.rollout_loss == "margin":  # the token m under the runner-up, not only just under it
-            gap = lg.gather(-1, want).squeeze(-1) - lg.scatter(-1, want, float("-inf")).amax(-1)
-            ul[rows] = F.relu(self.args.margin + gap) * hit[rows]
+            ul[rows] = margin_hinge(lg, want, self.args.margin) * hit[rows]
         else:
             logp = lg.gather(-1, want).squeeze(-1) - lg.logsumexp(-1)
             ul[rows] = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * hit[rows]
