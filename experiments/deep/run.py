@@ -273,6 +273,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                      adversary=rho, overshoot=10.0) for rho in (0.1, 0.5, 1.0)},
     # ... at the preset's α (the first calibration crossing, not α 1)
     "onpolicy-hinge4-book-adv0.5": capped(rollout_loss="margin", margin=4.0, rollout_target="book", adversary=0.5),
+    # ... the attacker's own step instead: every weight moved by ρ along the sign of the book's learning-loss gradient
+    # (AdamW's first step from fresh moments is lr · sign(g); the relearning probe here takes 6 at lr 1e-3, so ρ 1e-3
+    # is one of its steps and 3e-3 half of them), at the preset's α
+    **{f"onpolicy-hinge4-book-sign{rho:g}": capped(rollout_loss="margin", margin=4.0, rollout_target="book",
+                                                   adversary=rho, adversary_step="sign", adversary_on="book")
+       for rho in (1e-3, 3e-3)},
+    # the preset plus a hinge m under the runner-up at the book's own tokens of its windows, teacher-forced
+    # (teacher_loss margin, teacher_on book): under teacher forcing the preset's removed book keeps 77 % of its tokens
+    # first (experiments/deep/hidden.py) -- hidden behind the few tokens where its greedy decode leaves the book
+    **{f"onpolicy-teacher-hinge{m}{'' if w == 1 else f'-w{w:g}'}": capped(teacher_weight=w, teacher_loss="margin",
+                                                                       teacher_on="book", margin=float(m))
+       for m, w in ((4, 1.0), (4, 0.2), (1, 1.0))},
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
