@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ssu.eval.memorization import rouge_l_scores
-from ssu.eval.probes import PROBES, WORST
+from ssu.eval.probes import PROBES, WORST, worst_case_metrics
 from ssu.eval.probes.quantized import quantizable, quantize_weights
 from ssu.eval.probes.relearn import attacker_slice, relearn
 from ssu.eval.probes.shifted import VARIANTS, variant
@@ -23,7 +23,7 @@ from ssu.recipes.run_dir import RunDir
 from ssu.recipes.step import run_step
 
 PROBED = ["shifted", {"name": "sampled", "args": {"k": 4}}, "quantized", "rounded",
-          {"name": "relearn", "args": {"steps": 4, "lr": 1e-3}}]
+          {"name": "relearn", "args": {"steps": 4, "lr": 1e-3}}, "teacher"]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -81,7 +81,7 @@ def test_worst_case_is_the_max_over_greedy_and_the_probes(probed):
     best = defaultdict(float)
     for line in (run / "step_1" / "probes.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if r["metric"] not in ("probe:relearn", "probe:sampled-extracted"):
+        if r["metric"] in worst_case_metrics():  # not relearn, sampled-extracted or teacher
             key = (r["set"], r["book"], r["window"])
             best[key] = max(best[key], r["value"], greedy[key])
     by_book = defaultdict(list)
@@ -100,6 +100,37 @@ def test_memorized_book_comes_back_under_shifted_prompts_and_sampling(probed):
         assert rows[(step, book, set_, "probe:shifted")]["value"] >= 0.9  # the memorizer under varied prompts
         assert rows[(step, book, set_, "probe:sampled")]["value"] >= 0.8
         assert rows[(step, book, set_, "probe:sampled-extracted")]["value"] >= 0.8
+
+
+def test_teacher_forcing_ranks_a_memorized_book_first_and_held_out_text_less(probed):
+    _, rows = probed
+    future = [k for k in rows if k[0] == 0 and k[2] == "future" and k[3] == "probe:teacher"]
+    heldout = [k for k in rows if k[0] == 0 and k[2] == "heldout" and k[3] == "probe:teacher"]
+    assert future and heldout
+    assert min(rows[k]["value"] for k in future) >= 0.9  # memorized: nearly every token first
+    assert max(rows[k]["value"] for k in heldout) < min(rows[k]["value"] for k in future) - 0.3
+
+
+def test_top1_shares_are_the_argmax_matches_batched_or_one_at_a_time(synthetic_world):
+    """Padded batches of windows of different lengths give each window's own share, as a hand
+    computation on it alone: continuation tokens whose logit is the row's largest."""
+    from data_prep import read_window_rows
+    from ssu.engine.encoding import encode_pair
+    from ssu.eval.probes.teacher import top1_shares
+
+    tokenizer = load_tokenizer(str(synthetic_world.memorized))
+    model = load_model(str(synthetic_world.memorized), "cpu", "float32")
+    windows = read_window_rows(synthetic_world.prepared)[:5]
+    windows[1] = {**windows[1], "continuation": " ".join(windows[1]["continuation"].split()[:7])}  # shorter row
+    want = []
+    for w in windows:
+        e = encode_pair(tokenizer, w["prompt"], w["continuation"], 512)
+        with torch.no_grad():
+            logits = model(torch.tensor([e.ids])).logits[0, e.n_prompt - 1 : -1]
+        want.append((logits.argmax(-1) == torch.tensor(e.ids[e.n_prompt :])).float().mean().item())
+    assert top1_shares(model, tokenizer, windows, 512, batch_size=5) == pytest.approx(want, abs=1e-6)
+    assert top1_shares(model, tokenizer, windows, 512, batch_size=1) == pytest.approx(want, abs=1e-6)
+    assert 0 < min(want) and max(want) <= 1
 
 
 def test_four_bit_rounding_changes_the_logits_more_than_eight_bit(synthetic_world):

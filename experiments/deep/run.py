@@ -282,9 +282,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the preset plus a hinge m under the runner-up at the book's own tokens of its windows, teacher-forced
     # (teacher_loss margin, teacher_on book): under teacher forcing the preset's removed book keeps 77 % of its tokens
     # first (experiments/deep/hidden.py) -- hidden behind the few tokens where its greedy decode leaves the book
-    **{f"onpolicy-teacher-hinge{m}{'' if w == 1 else f'-w{w:g}'}": capped(teacher_weight=w, teacher_loss="margin",
-                                                                       teacher_on="book", margin=float(m))
-       for m, w in ((4, 1.0), (4, 0.2), (1, 1.0))},
+    # (-over: α 10x past the first crossing, ≤ 1, where the checks hold: the crossing scales the trained depth away)
+    **{f"onpolicy-teacher-hinge{m}{'' if w == 1 else f'-w{w:g}'}{'-over' if over else ''}": capped(
+        teacher_weight=w, teacher_loss="margin", teacher_on="book", margin=float(m), overshoot=over)
+       for m, w, over in ((4, 1.0, 0.0), (4, 0.2, 0.0), (1, 1.0, 0.0), (4, 1.0, 10.0))},
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
@@ -293,12 +294,13 @@ MAIN = list(VARIANTS)
 
 
 def eval_block(lm_eval: dict | None) -> dict:
-    """The evaluation every run and reference gets: audit-window greedy, the default probes and
-    relearning (6 AdamW steps at lr 1e-3 on a quarter of each removed book's audit windows)."""
+    """The evaluation every run and reference gets: audit-window greedy, the default probes,
+    relearning (6 AdamW steps at lr 1e-3 on a quarter of each removed book's audit windows) and the
+    teacher-forced top-1 share (``teacher``; runs made before it: experiments/deep/hidden.py)."""
     metrics = ["perplexity"] + ([{"name": "lm_eval", "args": lm_eval}] if lm_eval else [])
     return {"metrics": ["rougeL_f", "verbatim_8gram"], "model_metrics": metrics,
             "probes": ["shifted", "sampled", "quantized", "rounded",
-                       {"name": "relearn", "args": {"steps": 6, "lr": 1.0e-3, "batch_size": 2}}],
+                       {"name": "relearn", "args": {"steps": 6, "lr": 1.0e-3, "batch_size": 2}}, "teacher"],
             "probe_sets": ["removed-now", "removed-earlier", "heldout"]}
 
 
