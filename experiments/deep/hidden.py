@@ -10,14 +10,18 @@ restore the branch tokens bring the rest back (the ``relearn`` probe).
 
 Per run and step: the book removed at that step on its audit windows (the windows calibration
 never read), at θ_t and, for the same windows, at the memorized model and at the step's retrain
-reference (``RUN/../retrain/step_T/model`` when present).
+reference (``RUN/../retrain/step_T/model`` when present); beside them the relearning gap (the
+``relearn`` probe's score at θ_t minus the retrain reference's, from the runs' results) and, over
+every row printed with both, the Spearman correlation of the top-1 share with that gap.
 
-    python experiments/deep/hidden.py runs/deep/demo/seed0 onpolicy-generic1-capped --steps 1 2 3
+    python experiments/deep/hidden.py onpolicy-generic1-capped --roots runs/deep/demo/seed0 runs/deep/demo/seed1 \
+        --steps 1 2 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -40,33 +44,56 @@ def readings(model, tokenizer, windows: list[dict], max_length: int) -> tuple[fl
     return sum(top1) / len(top1), statistics.median(margins)
 
 
+def relearned(results: Path, step: int) -> float | None:
+    """The removed book's mean ``probe:relearn`` score at ``step`` in a results.jsonl, if any."""
+    if not results.is_file():
+        return None
+    vals = [r["value"] for r in map(json.loads, results.read_text().splitlines())
+            if r["step"] == step and r["metric"] == "probe:relearn" and r["set"] == "removed-now"]
+    return sum(vals) / len(vals) if vals else None
+
+
 def main() -> None:
     from ssu.models.loading import load_model, load_tokenizer
     from ssu.recipes.eval_windows import evaluation_windows, load_model_for
     from ssu.recipes.run_dir import RunDir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", type=Path, help="a seed's directory (run.py --out .../seedN)")
     ap.add_argument("variants", nargs="+")
+    ap.add_argument("--roots", type=Path, nargs="+", required=True, help="seed directories (run.py --out .../seedN)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1])
     args = ap.parse_args()
-    print("| variant | step | windows | top-1: memorized | top-1: θ_t | top-1: retrain | "
-          "margin: memorized | margin: θ_t | margin: retrain |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.variants:
-        run = RunDir(args.root / name)
+    from scipy.stats import spearmanr
+
+    print("| seed | variant | step | windows | top-1: memorized | top-1: θ_t | top-1: retrain | "
+          "margin: memorized | margin: θ_t | margin: retrain | relearning gap |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    pairs = []
+    for root, name in ((r, v) for r in args.roots for v in args.variants):
+        if not (root / name).is_dir():
+            continue  # a variant not run on this seed
+        run = RunDir(root / name)
         tokenizer = load_tokenizer(run.config.model)
         for t in args.steps:
             if t not in run.completed_steps():
                 continue
             wins = [w for w in evaluation_windows(run, t) if w["set"] == "removed-now"]
             models = {"memorized": load_model_for(run, 0), "θ_t": load_model_for(run, t)}
-            ref = args.root / "retrain" / f"step_{t}" / "model"
-            if ref.is_dir():
-                models["retrain"] = load_model(str(ref))
+            reference = root / "retrain" / f"step_{t}"
+            if (reference / "model").is_dir():
+                models["retrain"] = load_model(str(reference / "model"))
             got = {k: readings(m.eval(), tokenizer, wins, run.config.train.max_length) for k, m in models.items()}
             cells = [f"{got[k][i]:.2f}" if k in got else "—" for i in (0, 1) for k in ("memorized", "θ_t", "retrain")]
-            print(f"| {name} | {t} | {len(wins)} | " + " | ".join(cells) + " |", flush=True)
+            mine, ref = relearned(run.path / "results.jsonl", t), relearned(reference / "eval" / "results.jsonl", t)
+            gap = None if mine is None or ref is None else mine - ref
+            if gap is not None:
+                pairs.append((got["θ_t"][0], gap))
+            cells.append("—" if gap is None else f"{gap:+.2f}")
+            print(f"| {root.name} | {name} | {t} | {len(wins)} | " + " | ".join(cells) + " |", flush=True)
+    if len(pairs) >= 3:
+        rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+        print(f"\nSpearman correlation of the top-1 share at θ_t with the relearning gap: {rho.statistic:.2f} "
+              f"over {len(pairs)} rows (p {rho.pvalue:.1g})")
 
 
 if __name__ == "__main__":

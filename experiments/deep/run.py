@@ -285,7 +285,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # (-over: α 10x past the first crossing, ≤ 1, where the checks hold: the crossing scales the trained depth away)
     **{f"onpolicy-teacher-hinge{m}{'' if w == 1 else f'-w{w:g}'}{'-over' if over else ''}": capped(
         teacher_weight=w, teacher_loss="margin", teacher_on="book", margin=float(m), overshoot=over)
-       for m, w, over in ((4, 1.0, 0.0), (4, 0.2, 0.0), (1, 1.0, 0.0), (4, 1.0, 10.0))},
+       for m, w, over in ((4, 1.0, 0.0), (4, 0.2, 0.0), (1, 1.0, 0.0), (4, 1.0, 10.0), (4, 0.2, 10.0))},
+    # ... α 1.5x the first crossing (≤ 1): between the preset's α and α 1, a point on the frontier between them
+    "onpolicy-teacher-hinge4-over0.5": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                              margin=4.0, overshoot=0.5),
+    # ... at α 1 with kl at λ 30 (3x the preset's), or with a sparse update (the top 5 % of |grad| per optimizer step)
+    "onpolicy-teacher-hinge4-over-kl30": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                                margin=4.0, overshoot=10.0, regularizers=UNDAMPED_KL30),
+    # ... flags at word starts only (word_starts): a piece that continues a word is shared by every book
+    "onpolicy-teacher-hinge4-over-words": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                                 margin=4.0, overshoot=10.0, word_starts=True),
+    "onpolicy-teacher-hinge4-over-sparse": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                                  margin=4.0, overshoot=10.0, saliency_density=0.05),
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
