@@ -6,7 +6,9 @@ prefix at every position -- the model shows what it still holds: the share of th
 tokens it ranks first (top-1) and the median log-odds of the book's token against the best other
 candidate (the margin; > 0 where it is still the argmax). A book that scores like the retrain
 reference greedily but stays top-1 under teacher forcing is hidden, not removed: a few steps that
-restore the branch tokens bring the rest back (the ``relearn`` probe).
+restore the branch tokens bring the rest back (the ``relearn`` probe). The share here is pooled
+over the windows' tokens, with the margin beside it, for runs made before the ``teacher`` probe
+(ssu/eval/probes/teacher.py: the same share per window) joined run.py's evaluation.
 
 Per run and step: the book removed at that step on its audit windows (the windows calibration
 never read), at θ_t and, for the same windows, at the memorized model and at the step's retrain
