@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--roots", type=Path, nargs="+", required=True, help="seed directories (run.py --out .../seedN)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1])
     args = ap.parse_args()
+    missing = [str(r) for r in args.roots if not r.is_dir()]
+    if missing:
+        raise SystemExit(f"hidden.py: no such seed directory: {', '.join(missing)}")
     from scipy.stats import spearmanr
 
     print("| seed | variant | step | windows | top-1: memorized | top-1: θ_t | top-1: retrain | "
