@@ -253,7 +253,8 @@ class Suppress(UnlearningMethod):
         loss, parts = logits.new_zeros((), dtype=torch.float32), {}
         if self.args.teacher_weight > 0:
             teacher = self.teacher_kl(logits, batch, reference)
-            loss, parts = self.args.teacher_weight * teacher, {"suppress_kl": teacher.item()}
+            name = "suppress_hinge" if self.args.teacher_loss == "margin" else "suppress_kl"
+            loss, parts = self.args.teacher_weight * teacher, {name: teacher.item()}
         if batch.has(ROLLOUT):
             at = self.relearned_logits(model, batch, logits) if self.args.adversary > 0 else logits
             term, book = self.rollout_kl(at, batch) if self.args.rollout_loss == "kl" else self.unlikelihood(at, batch)
