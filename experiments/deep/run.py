@@ -292,6 +292,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... at α 1 with kl at λ 30 (3x the preset's), or with a sparse update (the top 5 % of |grad| per optimizer step)
     "onpolicy-teacher-hinge4-over-kl30": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
                                                 margin=4.0, overshoot=10.0, regularizers=UNDAMPED_KL30),
+    # ... with one window of each pooled book held back from protect and kl for its floor (generic.check): the α past
+    # the crossing then stops where a window the protection does not see falls
+    "onpolicy-teacher-hinge4-over-check": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                                 margin=4.0, overshoot=10.0, generic={**POOL, "check": 1}),
     # ... flags at word starts only (word_starts): a piece that continues a word is shared by every book
     "onpolicy-teacher-hinge4-over-words": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
                                                  margin=4.0, overshoot=10.0, word_starts=True),
