@@ -163,6 +163,11 @@ def shifted_labels(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     return batch.labels[:, batch.labels.size(1) - logits.size(1) :]
 
 
+def group_labels(batch: Batch, logits: torch.Tensor, group: int) -> torch.Tensor:
+    """:func:`shifted_labels` of the rows of ``group`` only (every other row ignored)."""
+    return shifted_labels(batch, logits).masked_fill((batch.group != group).unsqueeze(1), IGNORE_INDEX)
+
+
 def row_key(batch: Batch, row: int) -> tuple[int, ...]:
     """A batch row's token ids without padding: how a row finds what was stored for its window."""
     return tuple(batch.input_ids[row][batch.attention_mask[row].bool()].tolist())
@@ -272,9 +277,8 @@ class Suppress(UnlearningMethod):
         loss the relearning attacker descends. Costs one more backward and forward, g while δ is
         made and the moved weights until the backward -- an option, not the ≤ 2 bytes/param recipe."""
         if self.args.adversary_on == "book":
-            labels = shifted_labels(batch, logits).masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
-            hit = labels != IGNORE_INDEX
-            target = labels
+            target = group_labels(batch, logits, LEARN)
+            hit = target != IGNORE_INDEX
         else:
             _, _, target, hit = self.rollout_positions(batch, logits)
         if not hit.any():
@@ -288,7 +292,7 @@ class Suppress(UnlearningMethod):
         """The rollout rows' (mask of labelled tokens, flagged as the book's, token to train down,
         where to train it): the decoded token where it is flagged, or with ``rollout_target: book``
         the book's next token wherever the decoded context ends with one of its runs."""
-        labels = shifted_labels(batch, logits).masked_fill((batch.group != ROLLOUT).unsqueeze(1), IGNORE_INDEX)
+        labels = group_labels(batch, logits, ROLLOUT)
         mask = labels != IGNORE_INDEX
         flagged = per_token(batch, mask, self.flags, False)
         if self.args.rollout_target == "book":
@@ -299,7 +303,7 @@ class Suppress(UnlearningMethod):
     def teacher_kl(self, logits: torch.Tensor, batch: Batch, reference) -> torch.Tensor:
         """KL(q ‖ p_θ) (``teacher_loss: margin``: the hinge m under the runner-up) at the learning rows'
         continuation tokens, over the micro-batch's."""
-        labels = shifted_labels(batch, logits).masked_fill((batch.group != LEARN).unsqueeze(1), IGNORE_INDEX)
+        labels = group_labels(batch, logits, LEARN)
         mask = labels != IGNORE_INDEX
         if self.args.teacher_loss == "margin":
             kl = logits.new_zeros(labels.shape, dtype=torch.float32)
