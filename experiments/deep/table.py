@@ -185,7 +185,7 @@ def main(out: Path, md: Path | None, plot: Path | None) -> None:
     import sys
 
     sys.path.insert(0, str(sys_path))
-    from run import MAIN
+    from variants import MAIN
 
     table = collect(out)
     text = render(table, MAIN)

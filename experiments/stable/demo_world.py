@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 
-def world(root: Path, seed: int, words_per_book: int = 1000) -> tuple[Path, Path]:
+def world(root: Path, seed: int, words_per_book: int = 1000, size: str = "tiny") -> tuple[Path, Path]:
+    """The `ssu demo` world of ``seed`` under ``root`` (its books ``words_per_book`` long, a GPT-2 of
+    ``size`` from ssu/models/tiny.py memorizing them); built once, then reused."""
     from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
     from ssu.recipes.memorize import MemorizeConfig, memorize
@@ -33,7 +35,7 @@ def world(root: Path, seed: int, words_per_book: int = 1000) -> tuple[Path, Path
     if not prepared.exists():
         prepare_books(corpus, prepared)
     if not tiny.exists():
-        make_tiny_model(prepared, tiny, seed=seed)
+        make_tiny_model(prepared, tiny, size=size, seed=seed)
     if not memorized.exists():
         memorize(str(tiny), prepared, memorized, MemorizeConfig(seed=seed, device="cpu"), progress=False)
     return prepared, memorized
