@@ -170,3 +170,34 @@ def test_relearning_gives_back_more_of_a_removed_book_than_of_one_never_seen(syn
         if name == "unlearned":
             assert before < 0.6  # removed before relearning
     assert after["unlearned"] > after["never seen"] + 0.2, after
+
+
+def test_relearning_over_a_grid_of_rates_reports_the_rate_that_brings_the_book_back(synthetic_world, init_test_run,
+                                                                                    tmp_path):
+    """A rate too large for the model wipes the book out rather than relearning it (the pretrained
+    world at 1e-3); over a grid the probe reports the rate whose removed windows came back furthest,
+    window by window the same scores as that rate alone."""
+    from data_prep import load_schedule, windows_for
+    from ssu.config.loader import ComponentSpec
+    from ssu.eval.probes import ProbeContext
+    from ssu.recipes.components import build_probes
+
+    cfg = RunDir(init_test_run(tmp_path / "run", "ssu")).config
+    book = load_schedule(synthetic_world.prepared)["steps"][1][0]
+    windows = [{**w, "set": "removed-now", "goal": "forget"} for w in windows_for(synthetic_world.prepared, [book])]
+    tokenizer = load_tokenizer(str(synthetic_world.memorized))
+
+    def load():
+        return load_model(str(synthetic_world.memorized), "cpu", "float32")
+
+    def probe(**args):
+        (p,) = build_probes([ComponentSpec("relearn", {"steps": 3, "batch_size": 2, **args})])
+        return p.scores(load(), tokenizer, ProbeContext(cfg, 1, windows, 0, load=load))
+
+    wiped, kept = probe(lr=0.1), probe(lr=1e-5)
+    mean = lambda scores: sum(s.value for s in scores) / len(scores)  # noqa: E731
+    assert mean(wiped) < 0.5 < 0.9 < mean(kept), (mean(wiped), mean(kept))
+    grid = probe(lrs=[0.1, 1e-5])
+    assert [s.value for s in grid] == [s.value for s in kept]
+    assert {s.detail["lr"] for s in grid} == {1e-5}
+    assert grid[0].detail["by_lr"] == {"0.1": round(mean(wiped), 6), "1e-05": round(mean(kept), 6)}

@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 
-def world(root: Path, seed: int, words_per_book: int = 1000, size: str = "tiny") -> tuple[Path, Path]:
+def world(root: Path, seed: int, words_per_book: int = 1000, size: str = "tiny",
+          memorize_over: dict | None = None) -> tuple[Path, Path]:
     """The `ssu demo` world of ``seed`` under ``root`` (its books ``words_per_book`` long, a GPT-2 of
-    ``size`` from ssu/models/tiny.py memorizing them); built once, then reused."""
+    ``size`` from ssu/models/tiny.py memorizing them, ``memorize_over`` changing MemorizeConfig's
+    defaults); built once, then reused."""
     from data_prep import prepare_books, write_synthetic_corpus
     from ssu.models.tiny import make_tiny_model
     from ssu.recipes.memorize import MemorizeConfig, memorize
@@ -37,7 +39,8 @@ def world(root: Path, seed: int, words_per_book: int = 1000, size: str = "tiny")
     if not tiny.exists():
         make_tiny_model(prepared, tiny, size=size, seed=seed)
     if not memorized.exists():
-        memorize(str(tiny), prepared, memorized, MemorizeConfig(seed=seed, device="cpu"), progress=False)
+        cfg = MemorizeConfig(seed=seed, device="cpu", **(memorize_over or {}))
+        memorize(str(tiny), prepared, memorized, cfg, progress=False)
     return prepared, memorized
 
 

@@ -14,6 +14,13 @@ Read beside the retrain reference (a model that never saw the book, probed the s
 way), the difference is the *relearning gap*; ``ssu compare`` reports it. The value is
 the relearned model's ROUGE-L (``probe:relearn``); it is not part of the worst case,
 which is about the model as released.
+
+An attacker picks the learning rate that brings the book back. One rate does not fit
+every model: 6 AdamW steps at 1e-3 relearn the demo world's books, and in the
+pretrained world (a 3.9M Llama) the same steps took a book from ROUGE-L 0.73 to 0.13.
+With ``lrs`` the probe fine-tunes a fresh model at each rate and reports, for every
+window, the scores of the rate whose removed windows came back furthest (their mean);
+the detail keeps that rate and every rate's mean.
 """
 
 from __future__ import annotations
@@ -100,10 +107,14 @@ class Relearn(Probe):
         lr: float = 1e-4
         batch_size: int = 4
         data: str | None = None  # JSON lines of related windows to learn instead of the slice
+        lrs: list[float] | None = None  # the attacker's grid, in place of lr: the rate that relearns most
 
         def __post_init__(self) -> None:
-            if not 0 < self.fraction < 1 or self.steps < 1 or self.lr <= 0 or self.batch_size < 1:
-                raise SSUError("relearn: fraction in (0, 1), steps >= 1, lr > 0, batch_size >= 1")
+            rates = [self.lr, *(self.lrs or [])]
+            if not 0 < self.fraction < 1 or self.steps < 1 or min(rates) <= 0 or self.batch_size < 1:
+                raise SSUError("relearn: fraction in (0, 1), steps >= 1, lr(s) > 0, batch_size >= 1")
+            if self.lrs is not None and not self.lrs:
+                raise SSUError("relearn: lrs needs at least one rate")
 
     def scores(self, model, tokenizer, ctx: ProbeContext) -> list[Score]:
         a = self.args
@@ -115,8 +126,29 @@ class Relearn(Probe):
             measured = [w for w in ctx.windows if (w["set"], w["book"], w["window"]) not in taken]
         if not train:
             return []  # nothing removed to relearn from (step with no forget window probed)
-        losses = relearn(model, tokenizer, train, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
-                         max_length=ctx.config.train.max_length, seed=ctx.seed)
         sub = ProbeContext(ctx.config, ctx.step, measured, ctx.seed, ctx.progress, ctx.load)
-        return greedy_scores(model, tokenizer, sub, "probe:relearn",
-                              {"relearned_windows": len(train), "final_loss": losses[-1]})
+        rates = a.lrs or [a.lr]
+        if len(rates) > 1 and ctx.load is None:
+            raise SSUError("relearn: lrs needs a fresh model per rate (the recipe's ProbeContext.load)")
+        by_rate: dict[float, list[Score]] = {}
+        for i, lr in enumerate(rates):
+            m = model if i == 0 else ctx.load()
+            losses = relearn(m, tokenizer, train, steps=a.steps, lr=lr, batch_size=a.batch_size,
+                             max_length=ctx.config.train.max_length, seed=ctx.seed)
+            by_rate[lr] = greedy_scores(m, tokenizer, sub, "probe:relearn",
+                                        {"relearned_windows": len(train), "final_loss": losses[-1], "lr": lr})
+            del m
+        means = {lr: _forget_mean(scores, measured) for lr, scores in by_rate.items()}
+        best = max(rates, key=lambda lr: (means[lr], -rates.index(lr)))  # ties: the first rate listed
+        if len(rates) == 1:
+            return by_rate[best]
+        grid = {f"{lr:g}": round(v, 6) for lr, v in means.items()}
+        return [Score(s.metric, s.set, s.book, s.window, s.value, {**s.detail, "by_lr": grid})
+                for s in by_rate[best]]
+
+
+def _forget_mean(scores: list[Score], windows: list[dict]) -> float:
+    """Mean score over the windows of removed books (goal ``forget``): what the attacker is after."""
+    forget = {(w["set"], w["book"], w["window"]) for w in windows if w.get("goal") == "forget"}
+    values = [s.value for s in scores if (s.set, s.book, s.window) in forget]
+    return sum(values) / len(values) if values else 0.0
