@@ -44,14 +44,22 @@ MEMORIZE = {"demo-small": {"lr": 1.0e-3, "epochs": 200}}
 TRAIN = {"pretrained": {"lr": 1.0e-3, "epochs": 3}}
 
 
+# the relearning attacker's learning rates: per step the one that brings the removed books back furthest
+# (relearn.lrs). One rate, 1e-3, wiped out books that the pretrained world's model still held (greedy 0.73 -> 0.14)
+# and the Gutenberg retrain references' text (0.00 at step 6), which reads as removal (experiments/deep/relearn_grid.py
+# re-probes runs made before the grid)
+RELEARN_LRS = [3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3]
+
+
 def eval_block(lm_eval: dict | None) -> dict:
     """The evaluation every run and reference gets: audit-window greedy, the default probes,
-    relearning (6 AdamW steps at lr 1e-3 on a quarter of each removed book's audit windows) and the
-    teacher-forced top-1 share (``teacher``; runs made before it: experiments/deep/hidden.py)."""
+    relearning (6 AdamW steps on a quarter of each removed book's audit windows, at the best of
+    ``RELEARN_LRS``) and the teacher-forced top-1 share (``teacher``; runs made before it:
+    experiments/deep/hidden.py)."""
     metrics = ["perplexity"] + ([{"name": "lm_eval", "args": lm_eval}] if lm_eval else [])
+    relearn = {"steps": 6, "lr": RELEARN_LRS[-1], "lrs": RELEARN_LRS, "batch_size": 2}
     return {"metrics": ["rougeL_f", "verbatim_8gram"], "model_metrics": metrics,
-            "probes": ["shifted", "sampled", "quantized", "rounded",
-                       {"name": "relearn", "args": {"steps": 6, "lr": 1.0e-3, "batch_size": 2}}, "teacher"],
+            "probes": ["shifted", "sampled", "quantized", "rounded", {"name": "relearn", "args": relearn}, "teacher"],
             "probe_sets": ["removed-now", "removed-earlier", "heldout"]}
 
 
