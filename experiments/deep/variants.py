@@ -280,8 +280,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                   margin=4.0, overshoot=10.0, saliency_density=0.05),
     # ... at a third of the unlearning rate (3e-4): demo-small's model memorized at 1e-3, the demo model at 3e-3, and
     # both unlearn at the card's 1e-3 -- the same ratio of unlearning to memorizing rate as in the demo world
-    "onpolicy-teacher-hinge4-over-lr3e-4": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                  margin=4.0, overshoot=10.0, lr=3.0e-4),
+    **{f"onpolicy-teacher-hinge4-over-lr{lr:.0e}".replace("e-0", "e-"): capped(
+        teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=lr)
+       for lr in (3.0e-4, 1.0e-4)},  # ... and a ninth of it (1e-4)
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
