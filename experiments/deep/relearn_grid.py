@@ -10,9 +10,12 @@ whose removed windows come back furthest); every row it writes records the grid 
 ``probe_args``, while the run's config.json still names lr 1e-3.
 
     python experiments/deep/relearn_grid.py runs/deep/pretrained/seed0/onpolicy-generic1-capped \\
-        runs/deep/pretrained/seed1/onpolicy-generic1-capped --lrs 3e-5 1e-4 3e-4 1e-3
+        runs/deep/pretrained/seed1/onpolicy-generic1-capped
     python experiments/deep/relearn_grid.py runs/deep/gutenberg/seed0/onpolicy-generic1-capped \\
-        --reference runs/deep/gutenberg/seed0/retrain/step_* --lrs 3e-5 1e-4 3e-4 1e-3
+        --reference runs/deep/gutenberg/seed0/retrain/step_*
+
+The probe is ``run.py``'s (``RELEARN``: 6 steps, batch 2, rates 3e-5, 1e-4, 3e-4, 1e-3); ``--lrs``
+takes another grid.
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ from pathlib import Path
 
 
 def main() -> None:
+    from run import RELEARN
+
     from ssu.config import ComponentSpec
     from ssu.recipes.probe import probe_step
     from ssu.recipes.run_dir import RunDir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", type=Path)
-    ap.add_argument("--lrs", nargs="+", type=float, required=True)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--lrs", nargs="+", type=float, default=RELEARN["lrs"])
     ap.add_argument("--reference", nargs="*", type=Path, default=[],
                     help="retrain references (their eval/ run, probed at their step as the base itself)")
     args = ap.parse_args()
-    spec = ComponentSpec("relearn", {"steps": args.steps, "lr": args.lrs[0], "batch_size": 2, "lrs": args.lrs})
+    spec = ComponentSpec("relearn", {**RELEARN, "lr": args.lrs[-1], "lrs": args.lrs})
     jobs = [(path, t, False) for path in args.runs for t in sorted(RunDir(path).completed_steps())]
     jobs += [(ref / "eval", int(ref.name.split("_")[1]), True) for ref in args.reference]
     for path, t, base_only in jobs:
@@ -46,6 +50,7 @@ def main() -> None:
         by_lr = next((r["detail"]["by_lr"] for r in grid if r["metric"] == "probe:relearn" and r.get("detail")), None)
         print(f"{path} step {t}: the removed book relearned {got}; every removed book's mean by lr {by_lr} "
               f"({time.perf_counter() - started:.0f}s)", flush=True)
+
 
 if __name__ == "__main__":
     main()

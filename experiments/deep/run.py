@@ -49,6 +49,7 @@ TRAIN = {"pretrained": {"lr": 1.0e-3, "epochs": 3}}
 # and the Gutenberg retrain references' text (0.00 at step 6), which reads as removal (experiments/deep/relearn_grid.py
 # re-probes runs made before the grid)
 RELEARN_LRS = [3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3]
+RELEARN = {"steps": 6, "lr": RELEARN_LRS[-1], "lrs": RELEARN_LRS, "batch_size": 2}
 
 
 def eval_block(lm_eval: dict | None) -> dict:
@@ -57,9 +58,8 @@ def eval_block(lm_eval: dict | None) -> dict:
     ``RELEARN_LRS``) and the teacher-forced top-1 share (``teacher``; runs made before it:
     experiments/deep/hidden.py)."""
     metrics = ["perplexity"] + ([{"name": "lm_eval", "args": lm_eval}] if lm_eval else [])
-    relearn = {"steps": 6, "lr": RELEARN_LRS[-1], "lrs": RELEARN_LRS, "batch_size": 2}
     return {"metrics": ["rougeL_f", "verbatim_8gram"], "model_metrics": metrics,
-            "probes": ["shifted", "sampled", "quantized", "rounded", {"name": "relearn", "args": relearn}, "teacher"],
+            "probes": ["shifted", "sampled", "quantized", "rounded", {"name": "relearn", "args": RELEARN}, "teacher"],
             "probe_sets": ["removed-now", "removed-earlier", "heldout"]}
 
 

@@ -139,7 +139,7 @@ class Relearn(Probe):
                                         {"relearned_windows": len(train), "final_loss": losses[-1], "lr": lr})
             del m
         means = {lr: _forget_mean(scores, measured) for lr, scores in by_rate.items()}
-        best = max(rates, key=lambda lr: (means[lr], -rates.index(lr)))  # ties: the first rate listed
+        best = max(rates, key=means.__getitem__)  # ties: the first rate listed
         if len(rates) == 1:
             return by_rate[best]
         grid = {f"{lr:g}": round(v, 6) for lr, v in means.items()}
