@@ -11,6 +11,7 @@ from collections import defaultdict
 import pytest
 import torch
 
+from ssu.errors import SSUError
 from ssu.eval.memorization import rouge_l_scores
 from ssu.eval.probes import PROBES, WORST, worst_case_metrics
 from ssu.eval.probes.quantized import quantizable, quantize_weights
@@ -201,3 +202,12 @@ def test_relearning_over_a_grid_of_rates_reports_the_rate_that_brings_the_book_b
     assert [s.value for s in grid] == [s.value for s in kept]
     assert {s.detail["lr"] for s in grid} == {1e-5}
     assert grid[0].detail["by_lr"] == {"0.1": round(mean(wiped), 6), "1e-05": round(mean(kept), 6)}
+    # the default is the grid (one rate only when asked); without a loader a grid is refused, one rate is not
+    rates = lambda **args: build_probes([ComponentSpec("relearn", args)])[0].args.rates()  # noqa: E731
+    assert rates() == [3e-5, 1e-4, 3e-4, 1e-3] and rates(lr=1e-5) == [1e-5] and rates(lr=1e-5, lrs=[0.1]) == [0.1]
+    (default,) = build_probes([ComponentSpec("relearn", {"steps": 1})])
+    with pytest.raises(SSUError, match="a grid of rates needs a fresh model"):
+        default.scores(load(), tokenizer, ProbeContext(cfg, 1, windows, 0))
+    for bad in ({"lr": 0.0}, {"lrs": []}, {"lrs": [1e-4, -1.0]}):
+        with pytest.raises(SSUError, match="relearn: "):
+            build_probes([ComponentSpec("relearn", bad)])

@@ -298,21 +298,23 @@ def test_margin_is_the_hinge_under_the_runner_up_and_trains_the_flagged_tokens_u
     assert gaps(start).min().item() > 0 and gaps(trained).max().item() < -4.0  # measured: -8.1 at the most
 
 
-def adversary_losses(memorized, rhos, **args) -> dict[float, float]:
+def adversary_losses(memorized, rhos, parts: bool = False, **args) -> dict[float, float]:
     """The loss of ``suppress`` with ``adversary`` ρ (and ``args``) on the memorised toy's first
-    window and its rollouts, per ρ; checks that gradients reach the weights and leave them unchanged."""
+    window and its rollouts, per ρ (``parts``: its parts); checks that gradients reach the weights
+    and leave them unchanged."""
     fs, start = memorized
     model = copy.deepcopy(start).requires_grad_(True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = {}
     for rho in rhos:
-        method = make_method("suppress", rollout_every=1, ngram=3, teacher_weight=0.0, adversary=rho, **args)
+        method = make_method("suppress", **{"rollout_every": 1, "ngram": 3, "teacher_weight": 0.0, "adversary": rho,
+                                            **args})
         method.prepare(model, fs)
         method.start_epoch(model, fs, 1)
         model.zero_grad()
-        loss = method.loss(model, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))[0]
+        loss, got = method.loss(model, make_batch([(fs.learn[0], LEARN), *method.rows(0)], PAD))
         loss.backward()
-        losses[rho] = loss.item()
+        losses[rho] = got if parts else loss.item()
         assert sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None) > 0
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     return losses
@@ -326,7 +328,8 @@ def test_adversary_takes_the_rollout_term_one_relearning_step_away(memorized):
     assert losses[1e-7] == pytest.approx(losses[0.0], rel=1e-5) and losses[0.1] > losses[0.0] + 0.1  # 5.03 -> 5.28
     with pytest.raises(SSUError, match="adversary must be >= 0"):
         make_method("suppress", rollout_every=1, adversary=-0.1)
-    for bad in ({"adversary_step": "linf"}, {"adversary_on": "prompt"}):
+    for bad in ({"adversary_step": "linf"}, {"adversary_on": "prompt"}, {"adversary_terms": []},
+                {"adversary_terms": ["retain"]}):
         with pytest.raises(SSUError, match="adversary_step l2 or sign"):
             make_method("suppress", rollout_every=1, adversary=0.1, **bad)
 
@@ -374,3 +377,20 @@ def test_the_sign_adversary_on_the_book_raises_the_rollout_term_and_leaves_the_w
     the book comes back there -- and θ is untouched."""
     losses = adversary_losses(memorized, (0.0, 1e-3), adversary_step="sign", adversary_on="book")
     assert losses[1e-3] > losses[0.0]  # measured: 5.033 -> 5.068
+
+
+def test_the_adversary_takes_the_teacher_hinge_there_when_asked(memorized):
+    """``adversary_terms: [teacher]``: the teacher-forced hinge on the book's own windows is taken at
+    the weights one relearning step away (g from the book's continuations), where the book's tokens
+    are further over their runners-up -- the hinge rises -- while the rollout term stays the one at θ;
+    by default (``[rollout]``) the hinge is θ's. A hinge met at θ keeps a gradient this way."""
+    args = {"adversary_on": "book", "teacher_weight": 1.0, "teacher_loss": "margin", "margin": 4.0}
+    plain = adversary_losses(memorized, (0.0, 0.1), parts=True, **args)
+    teacher = adversary_losses(memorized, (0.1,), parts=True, adversary_terms=["teacher"], **args)[0.1]
+    both = adversary_losses(memorized, (0.1,), parts=True, adversary_terms=["rollout", "teacher"], **args)[0.1]
+    assert plain[0.1]["suppress_hinge"] == pytest.approx(plain[0.0]["suppress_hinge"], rel=1e-6)
+    assert teacher["suppress_hinge"] > plain[0.0]["suppress_hinge"] + 0.1  # measured: 10.50 -> 10.67
+    assert teacher["rollout_ul"] == pytest.approx(plain[0.0]["rollout_ul"], rel=1e-6)
+    assert both["suppress_hinge"] == pytest.approx(teacher["suppress_hinge"], rel=1e-6)
+    assert both["rollout_ul"] == pytest.approx(plain[0.1]["rollout_ul"], rel=1e-6)
+    assert plain[0.1]["rollout_ul"] > plain[0.0]["rollout_ul"]

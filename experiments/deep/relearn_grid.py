@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--reference", nargs="*", type=Path, default=[],
                     help="retrain references (their eval/ run, probed at their step as the base itself)")
     args = ap.parse_args()
-    spec = ComponentSpec("relearn", {**RELEARN, "lr": args.lrs[-1], "lrs": args.lrs})
+    spec = ComponentSpec("relearn", {**RELEARN, "lrs": args.lrs})
     jobs = [(path, t, False) for path in args.runs for t in sorted(RunDir(path).completed_steps())]
     jobs += [(ref / "eval", int(ref.name.split("_")[1]), True) for ref in args.reference]
     for path, t, base_only in jobs:

@@ -31,6 +31,8 @@ sys.path.insert(0, str(HERE))
 
 from variants import GENERIC_DIR, MAIN, VARIANTS  # noqa: E402
 
+from ssu.eval.probes.relearn import GRID  # noqa: E402
+
 STEPS = {"demo": 3, "demo-long": 3, "demo-small": 3, "gutenberg": 6, "pretrained": 4}
 # demo-long: the demo world with books 3x as long; demo-small: with the "small" GPT-2 (3x the weights)
 WORDS = {"demo-long": 3000}
@@ -45,17 +47,16 @@ TRAIN = {"pretrained": {"lr": 1.0e-3, "epochs": 3}}
 
 
 # the relearning attacker's learning rates: per step the one that brings the removed books back furthest
-# (relearn.lrs). One rate, 1e-3, wiped out books that the pretrained world's model still held (greedy 0.73 -> 0.14)
-# and the Gutenberg retrain references' text (0.00 at step 6), which reads as removal (experiments/deep/relearn_grid.py
-# re-probes runs made before the grid)
-RELEARN_LRS = [3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3]
-RELEARN = {"steps": 6, "lr": RELEARN_LRS[-1], "lrs": RELEARN_LRS, "batch_size": 2}
+# (relearn.lrs, the probe's default grid). One rate, 1e-3, wiped out books that the pretrained world's model still held
+# (greedy 0.73 -> 0.14) and the Gutenberg retrain references' text (0.00 at step 6), which reads as removal
+# (experiments/deep/relearn_grid.py re-probes runs made before the grid)
+RELEARN = {"steps": 6, "lrs": list(GRID), "batch_size": 2}
 
 
 def eval_block(lm_eval: dict | None) -> dict:
     """The evaluation every run and reference gets: audit-window greedy, the default probes,
     relearning (6 AdamW steps on a quarter of each removed book's audit windows, at the best of
-    ``RELEARN_LRS``) and the teacher-forced top-1 share (``teacher``; runs made before it:
+    the probe's grid of rates) and the teacher-forced top-1 share (``teacher``; runs made before it:
     experiments/deep/hidden.py)."""
     metrics = ["perplexity"] + ([{"name": "lm_eval", "args": lm_eval}] if lm_eval else [])
     return {"metrics": ["rougeL_f", "verbatim_8gram"], "model_metrics": metrics,

@@ -122,6 +122,8 @@ class SuppressArgs:
     adversary: float = 0.0  # ρ: the rollout term taken at the weights one relearning step of size ρ away (0: off)
     adversary_step: str = "l2"  # that step: ρ g / ‖g‖, or ("sign") ρ sign(g), AdamW's first step (methods/adversary.py)
     adversary_on: str = "flagged"  # g raises the trained-down tokens, or ("book") the book's own continuations
+    adversary_terms: list[str] = field(default_factory=lambda: ["rollout"])  # the terms taken there: the rollout
+    # term, and ("teacher") the teacher-forced one on the book's own windows
 
     def __post_init__(self) -> None:
         if self.teacher_on not in ("all", "book") or self.rollout_target not in ("decoded", "book") \
@@ -145,8 +147,10 @@ class SuppressArgs:
         if (self.saliency_density is not None and not 0 < self.saliency_density <= 1) \
                 or self.saliency not in ("step", "fixed"):
             raise SSUError("suppress: saliency_density must be in (0, 1], saliency step or fixed")
-        if self.adversary < 0 or self.adversary_step not in STEPS or self.adversary_on not in ("flagged", "book"):
-            raise SSUError("suppress: adversary must be >= 0, adversary_step l2 or sign, adversary_on flagged or book")
+        if self.adversary < 0 or self.adversary_step not in STEPS or self.adversary_on not in ("flagged", "book") \
+                or not self.adversary_terms or not set(self.adversary_terms) <= {"rollout", "teacher"}:
+            raise SSUError("suppress: adversary must be >= 0, adversary_step l2 or sign, adversary_on flagged or book, "
+                           "adversary_terms some of rollout and teacher")
         if self.reference not in ("model", "cached") or self.topk < 1:
             raise SSUError("suppress: reference must be model or cached, topk >= 1")
 
@@ -256,14 +260,19 @@ class Suppress(UnlearningMethod):
     def loss(self, model, batch: Batch, reference=None):
         logits = next_token_logits(model, batch)
         loss, parts = logits.new_zeros((), dtype=torch.float32), {}
-        if self.args.teacher_weight > 0:
-            teacher = self.teacher_kl(logits, batch, reference)
-            name = "suppress_hinge" if self.args.teacher_loss == "margin" else "suppress_kl"
-            loss, parts = self.args.teacher_weight * teacher, {name: teacher.item()}
-        if batch.has(ROLLOUT):
-            at = self.relearned_logits(model, batch, logits) if self.args.adversary > 0 else logits
-            term, book = self.rollout_kl(at, batch) if self.args.rollout_loss == "kl" else self.unlikelihood(at, batch)
-            loss = loss + self.args.rollout_weight * term
+        a = self.args
+        terms = {"teacher": a.teacher_weight > 0, "rollout": batch.has(ROLLOUT)}
+        moved = a.adversary > 0 and any(terms[t] for t in a.adversary_terms)
+        shifted = self.relearned_logits(model, batch, logits) if moved else logits
+        at = {t: shifted if t in a.adversary_terms else logits for t in terms}  # the logits each term is taken at
+        if terms["teacher"]:
+            teacher = self.teacher_kl(at["teacher"], batch, reference)
+            name = "suppress_hinge" if a.teacher_loss == "margin" else "suppress_kl"
+            loss, parts = a.teacher_weight * teacher, {name: teacher.item()}
+        if terms["rollout"]:
+            lg = at["rollout"]
+            term, book = self.rollout_kl(lg, batch) if a.rollout_loss == "kl" else self.unlikelihood(lg, batch)
+            loss = loss + a.rollout_weight * term
             parts.update(rollout_ul=term.item(), rollout_book=book.item())
         return loss, parts
 
@@ -274,13 +283,18 @@ class Suppress(UnlearningMethod):
         forget term here is zero once its tokens are down, so its own gradient gives none). That
         direction raises the mean log-probability of the tokens the term trains down or, with
         ``adversary_on: book``, of the book's continuation tokens in the window rows: the learning
-        loss the relearning attacker descends. Costs one more backward and forward, g while δ is
-        made and the moved weights until the backward -- an option, not the ≤ 2 bytes/param recipe."""
+        loss the relearning attacker descends. With ``adversary_terms`` [teacher] (or both) the
+        teacher-forced term is taken there too: a hinge met at θ has no gradient, met at θ + δ it keeps
+        the book's tokens under their runners-up after the attacker's step. Costs one more backward and
+        forward, g while δ is made and the moved weights until the backward -- an option, not the
+        ≤ 2 bytes/param recipe."""
         if self.args.adversary_on == "book":
             target = group_labels(batch, logits, LEARN)
             hit = target != IGNORE_INDEX
-        else:
+        elif batch.has(ROLLOUT):
             _, _, target, hit = self.rollout_positions(batch, logits)
+        else:  # no rollout rows: no flagged tokens to raise
+            return logits
         if not hit.any():
             return logits
         lg = logits[hit].float()  # log p(token) = logit − logsumexp at the hit positions only

@@ -18,9 +18,12 @@ which is about the model as released.
 An attacker picks the learning rate that brings the book back. One rate does not fit
 every model: 6 AdamW steps at 1e-3 relearn the demo world's books, and in the
 pretrained world (a 3.9M Llama) the same steps took a book from ROUGE-L 0.73 to 0.13.
-With ``lrs`` the probe fine-tunes a fresh model at each rate and reports, for every
-window, the scores of the rate whose removed windows came back furthest (their mean);
-the detail keeps that rate and every rate's mean.
+So by default the probe fine-tunes a fresh model at each rate of a grid (``lrs``, default
+3e-5, 1e-4, 3e-4 and 1e-3: each was the attacker's best somewhere in experiments/deep --
+1e-3 on most demo-world steps, 3e-5 and 1e-4 on Gutenberg and the pretrained world) and
+reports, for every window, the scores of the rate whose removed windows came back furthest
+(their mean); the detail keeps that rate and every rate's mean. ``lr`` alone (no ``lrs``)
+probes that one rate: a quarter of the cost, and a lower bound on what an attacker gets.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import torch
 
 from ssu.errors import SSUError
 from ssu.eval.probes import PROBES, Probe, ProbeContext, Score, greedy_scores
+
+GRID = (3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3)  # the attacker's learning rates when neither lr nor lrs is given
 
 
 def attacker_slice(windows: list[dict], fraction: float, seed: int) -> set[tuple[str, str, int]]:
@@ -104,17 +109,22 @@ class Relearn(Probe):
     class Args:
         fraction: float = 0.25  # of each removed book's probed windows given to the attacker
         steps: int = 10
-        lr: float = 1e-4
+        lr: float | None = None  # one rate alone (without lrs)
         batch_size: int = 4
         data: str | None = None  # JSON lines of related windows to learn instead of the slice
-        lrs: list[float] | None = None  # the attacker's grid, in place of lr: the rate that relearns most
+        lrs: list[float] | None = None  # the attacker's grid (default GRID unless lr is given): the rate that
+        # relearns most; given, it takes the place of lr
 
         def __post_init__(self) -> None:
-            rates = [self.lr, *(self.lrs or [])]
-            if not 0 < self.fraction < 1 or self.steps < 1 or min(rates) <= 0 or self.batch_size < 1:
-                raise SSUError("relearn: fraction in (0, 1), steps >= 1, lr(s) > 0, batch_size >= 1")
             if self.lrs is not None and not self.lrs:
                 raise SSUError("relearn: lrs needs at least one rate")
+            if not 0 < self.fraction < 1 or self.steps < 1 or min(self.rates()) <= 0 or self.batch_size < 1 \
+                    or (self.lr is not None and self.lr <= 0):
+                raise SSUError("relearn: fraction in (0, 1), steps >= 1, lr(s) > 0, batch_size >= 1")
+
+        def rates(self) -> list[float]:
+            """The learning rates tried: ``lrs``, else ``lr`` alone, else :data:`GRID`."""
+            return list(self.lrs or ([self.lr] if self.lr is not None else GRID))
 
     def scores(self, model, tokenizer, ctx: ProbeContext) -> list[Score]:
         a = self.args
@@ -127,9 +137,10 @@ class Relearn(Probe):
         if not train:
             return []  # nothing removed to relearn from (step with no forget window probed)
         sub = ProbeContext(ctx.config, ctx.step, measured, ctx.seed, ctx.progress, ctx.load)
-        rates = a.lrs or [a.lr]
+        rates = a.rates()
         if len(rates) > 1 and ctx.load is None:
-            raise SSUError("relearn: lrs needs a fresh model per rate (the recipe's ProbeContext.load)")
+            raise SSUError("relearn: a grid of rates needs a fresh model per rate (the recipe's ProbeContext.load); "
+                           "give one lr")
         by_rate: dict[float, list[Score]] = {}
         for i, lr in enumerate(rates):
             m = model if i == 0 else ctx.load()
