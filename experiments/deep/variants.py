@@ -36,16 +36,17 @@ L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
 
 def capped(frozen: list[str] | None = None, word_starts: bool = False, generic_ngram: int = 1,
            generic: dict = POOL, overshoot: float = 0.0, backoff: float = 0.0, regularizers: list = UNDAMPED,
-           lr: float | None = None, **rollout) -> tuple[str, dict]:
+           lr: float | None = None, epochs: int | None = None, **rollout) -> tuple[str, dict]:
     """``onpolicy-generic1-capped`` with ``train.frozen`` names, ``word_starts`` flags, another
     ``generic_ngram``, another ``generic`` block, ``calibrate.overshoot`` / ``backoff``, other regularizers, another
-    ``train.lr`` or other ``suppress`` arguments (``rollout``: the Gutenberg variants of what the other books lose)."""
+    ``train.lr`` / ``train.epochs`` or other ``suppress`` arguments (``rollout``: the Gutenberg variants of what the
+    other books lose)."""
     args = {**ONPOLICY_ONLY, "generic_ngram": generic_ngram, **({"word_starts": True} if word_starts else {}),
             **rollout}
     return ("suppress", {"generic": generic, "regularizers": regularizers,
                          "calibrate": {**CAPPED_CAL, "overshoot": overshoot, "backoff": backoff},
                          "train": {**SUPPRESS_TRAIN, **({"frozen": frozen} if frozen else {}),
-                                   **({"lr": lr} if lr else {})},
+                                   **({"lr": lr} if lr else {}), **({"epochs": epochs} if epochs else {})},
                          "method": {"args": args}})
 
 
@@ -283,6 +284,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     **{f"onpolicy-teacher-hinge4-over-lr{lr:.0e}".replace("e-0", "e-"): capped(
         teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=lr)
        for lr in (3.0e-4, 1.0e-4)},  # ... and a ninth of it (1e-4)
+    # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
+    # same small steps, further), or a hinge twice as deep (8 nats under the runner-up)
+    "onpolicy-teacher-hinge4-over-lr1e-4-e40": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                                      margin=4.0, overshoot=10.0, lr=1.0e-4, epochs=40),
+    "onpolicy-teacher-hinge8-over-lr1e-4": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
+                                                  margin=8.0, overshoot=10.0, lr=1.0e-4),
+    # ... or both terms, the teacher-forced hinge too, taken one attacker's step away (adversary_terms): δ raises the
+    # book's continuations -- by ρ 0.5 in norm along their gradient (an AdamW step of demo-small's attacker at its best
+    # rate, 3e-4, moves the 2.18M weights ~0.44 in norm), or every weight by 1e-3 along its sign (~3 of those steps)
+    **{f"onpolicy-teacher-hinge4-over-lr1e-4-adv{name}": capped(
+        teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=1.0e-4,
+        adversary=rho, adversary_step=step, adversary_on="book", adversary_terms=["rollout", "teacher"])
+       for name, rho, step in (("0.5", 0.5, "l2"), ("sign1e-3", 1.0e-3, "sign"))},
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
