@@ -33,13 +33,14 @@ from variants import GENERIC_DIR, MAIN, VARIANTS  # noqa: E402
 
 from ssu.eval.probes.relearn import GRID  # noqa: E402
 
-STEPS = {"demo": 3, "demo-long": 3, "demo-small": 3, "gutenberg": 6, "pretrained": 4}
-# demo-long: the demo world with books 3x as long; demo-small: with the "small" GPT-2 (3x the weights)
+STEPS = {"demo": 3, "demo-long": 3, "demo-small": 3, "demo-base": 3, "gutenberg": 6, "pretrained": 4}
+# demo-long: the demo world with books 3x as long; demo-small / demo-base: with the "small" / "base" GPT-2 (3x / 5x the
+# demo model's weights)
 WORDS = {"demo-long": 3000}
-SIZE = {"demo-small": "small"}
+SIZE = {"demo-small": "small", "demo-base": "base"}
 # the small GPT-2 at the card's lr 3e-3 reached ROUGE-L 0.28-0.37 in 100 epochs (loss 0.35); at 1e-3 its loss after
 # 25 epochs was 1.59 against 2.95 (6e-3: 3.35)
-MEMORIZE = {"demo-small": {"lr": 1.0e-3, "epochs": 200}}
+MEMORIZE = {"demo-small": {"lr": 1.0e-3, "epochs": 200}, "demo-base": {"lr": 1.0e-3, "epochs": 200}}
 # The pretrained world's card (experiments/pretrained_world/pretrain.py before it wrote
 # recommended_unlearn) gives no unlearning advice, so `ssu init` would take the 7B reference's
 # lr 1e-5 x 1 epoch; its own recipe (experiments/pretrained_world) is lr 1e-3 x 3 epochs.

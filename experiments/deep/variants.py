@@ -283,7 +283,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # both unlearn at the card's 1e-3 -- the same ratio of unlearning to memorizing rate as in the demo world
     **{f"onpolicy-teacher-hinge4-over-lr{lr:.0e}".replace("e-0", "e-"): capped(
         teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=lr)
-       for lr in (3.0e-4, 1.0e-4)},  # ... and a ninth of it (1e-4)
+       for lr in (3.0e-4, 2.0e-4, 1.0e-4)},  # ... and a ninth of it (1e-4); 2e-4: between (demo-base)
     # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
     # same small steps, further), or a hinge twice as deep (8 nats under the runner-up)
     "onpolicy-teacher-hinge4-over-lr1e-4-e40": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
@@ -292,11 +292,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                   margin=8.0, overshoot=10.0, lr=1.0e-4),
     # ... or both terms, the teacher-forced hinge too, taken one attacker's step away (adversary_terms): δ raises the
     # book's continuations -- by ρ 0.5 in norm along their gradient (an AdamW step of demo-small's attacker at its best
-    # rate, 3e-4, moves the 2.18M weights ~0.44 in norm), or every weight by 1e-3 along its sign (~3 of those steps)
+    # rate, 3e-4, moves the 2.18M weights ~0.44 in norm), or every weight by 1e-3 along its sign (~3 of those steps);
+    # both left the hinge there at 3.2 / 2.0 nats after 20 epochs (0.00 without): ρ 0.1, or one such step (sign 3e-4)
     **{f"onpolicy-teacher-hinge4-over-lr1e-4-adv{name}": capped(
         teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=1.0e-4,
         adversary=rho, adversary_step=step, adversary_on="book", adversary_terms=["rollout", "teacher"])
-       for name, rho, step in (("0.5", 0.5, "l2"), ("sign1e-3", 1.0e-3, "sign"))},
+       for name, rho, step in (("0.5", 0.5, "l2"), ("sign1e-3", 1.0e-3, "sign"), ("0.1", 0.1, "l2"),
+                               ("sign3e-4", 3.0e-4, "sign"))},
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
     "ga": ("ga", {}),
     "npo": ("npo", {}),
