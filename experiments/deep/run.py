@@ -34,8 +34,8 @@ from variants import GENERIC_DIR, MAIN, VARIANTS  # noqa: E402
 from ssu.eval.probes.relearn import GRID  # noqa: E402
 
 STEPS = {"demo": 3, "demo-long": 3, "demo-small": 3, "demo-base": 3, "gutenberg": 6, "pretrained": 4}
-# demo-long: the demo world with books 3x as long; demo-small / demo-base: with the "small" / "base" GPT-2 (3x / 5x the
-# demo model's weights)
+# demo-long: the demo world with books 3x as long; demo-small / demo-base: with the "small" / "base" GPT-2 (3.3x / 5.6x
+# the demo model's weights)
 WORDS = {"demo-long": 3000}
 SIZE = {"demo-small": "small", "demo-base": "base"}
 # the small GPT-2 at the card's lr 3e-3 reached ROUGE-L 0.28-0.37 in 100 epochs (loss 0.35); at 1e-3 its loss after

@@ -293,7 +293,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... or both terms, the teacher-forced hinge too, taken one attacker's step away (adversary_terms): δ raises the
     # book's continuations -- by ρ 0.5 in norm along their gradient (an AdamW step of demo-small's attacker at its best
     # rate, 3e-4, moves the 2.18M weights ~0.44 in norm), or every weight by 1e-3 along its sign (~3 of those steps);
-    # both left the hinge there at 3.2 / 2.0 nats after 20 epochs (0.00 without): ρ 0.1, or one such step (sign 3e-4)
+    # both left the hinge there at 3.3-3.8 / 1.7-2.5 nats after step 1's 20 epochs (0.00 without): ρ 0.1, or one such
+    # step (sign 3e-4)
     **{f"onpolicy-teacher-hinge4-over-lr1e-4-adv{name}": capped(
         teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=1.0e-4,
         adversary=rho, adversary_step=step, adversary_on="book", adversary_terms=["rollout", "teacher"])

@@ -119,7 +119,7 @@ class SuppressArgs:
     # distribution there without the token (rollouts.flagged_targets; its topk as the teacher's)
     run_on_weight: float = 1.0  # kl: odds of a piece that would glue onto the word before, in that target
     margin: float = 4.0  # rollout_loss margin: the gap (nats of logit) under the best other candidate trained for
-    adversary: float = 0.0  # ρ: the rollout term taken at the weights one relearning step of size ρ away (0: off)
+    adversary: float = 0.0  # ρ: adversary_terms taken at the weights one relearning step of size ρ away (0: off)
     adversary_step: str = "l2"  # that step: ρ g / ‖g‖, or ("sign") ρ sign(g), AdamW's first step (methods/adversary.py)
     adversary_on: str = "flagged"  # g raises the trained-down tokens, or ("book") the book's own continuations
     adversary_terms: list[str] = field(default_factory=lambda: ["rollout"])  # the terms taken there: the rollout

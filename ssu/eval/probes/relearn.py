@@ -20,7 +20,7 @@ every model: 6 AdamW steps at 1e-3 relearn the demo world's books, and in the
 pretrained world (a 3.9M Llama) the same steps took a book from ROUGE-L 0.73 to 0.13.
 So by default the probe fine-tunes a fresh model at each rate of a grid (``lrs``, default
 3e-5, 1e-4, 3e-4 and 1e-3: each was the attacker's best somewhere in experiments/deep --
-1e-3 on most demo-world steps, 3e-5 and 1e-4 on Gutenberg and the pretrained world) and
+1e-3 on most demo-world steps, 3e-5 to 3e-4 on Gutenberg and the pretrained world) and
 reports, for every window, the scores of the rate whose removed windows came back furthest
 (their mean); the detail keeps that rate and every rate's mean. ``lr`` alone (no ``lrs``)
 probes that one rate: a quarter of the cost, and a lower bound on what an attacker gets.
