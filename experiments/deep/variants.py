@@ -50,6 +50,13 @@ def capped(frozen: list[str] | None = None, word_starts: bool = False, generic_n
                          "method": {"args": args}})
 
 
+def hinge_over(margin: float = 4.0, **over) -> tuple[str, dict]:
+    """``onpolicy-teacher-hinge{m}-over``: ``capped`` with the teacher-forced hinge ``margin`` nats under the
+    runner-up at the book's own tokens and α taken 10x past the first crossing (≤ 1), with ``over`` changed."""
+    return capped(**{"teacher_weight": 1.0, "teacher_loss": "margin", "teacher_on": "book", "margin": margin,
+                     "overshoot": 10.0, **over})
+
+
 # name -> (method or preset, overrides). The ablations each take one component out of ssu-deep.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ssu": ("ssu", {}),
@@ -265,39 +272,30 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         teacher_weight=w, teacher_loss="margin", teacher_on="book", margin=float(m), overshoot=over)
        for m, w, over in ((4, 1.0, 0.0), (4, 0.2, 0.0), (1, 1.0, 0.0), (4, 1.0, 10.0), (4, 0.2, 10.0))},
     # ... α 1.5x the first crossing (≤ 1): between the preset's α and α 1, a point on the frontier between them
-    "onpolicy-teacher-hinge4-over0.5": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                              margin=4.0, overshoot=0.5),
+    "onpolicy-teacher-hinge4-over0.5": hinge_over(overshoot=0.5),
     # ... at α 1 with kl at λ 30 (3x the preset's), or with a sparse update (the top 5 % of |grad| per optimizer step)
-    "onpolicy-teacher-hinge4-over-kl30": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                margin=4.0, overshoot=10.0, regularizers=UNDAMPED_KL30),
+    "onpolicy-teacher-hinge4-over-kl30": hinge_over(regularizers=UNDAMPED_KL30),
     # ... with one window of each pooled book held back from protect and kl for its floor (generic.check): the α past
     # the crossing then stops where a window the protection does not see falls
-    "onpolicy-teacher-hinge4-over-check": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                 margin=4.0, overshoot=10.0, generic={**POOL, "check": 1}),
+    "onpolicy-teacher-hinge4-over-check": hinge_over(generic={**POOL, "check": 1}),
     # ... flags at word starts only (word_starts): a piece that continues a word is shared by every book
-    "onpolicy-teacher-hinge4-over-words": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                 margin=4.0, overshoot=10.0, word_starts=True),
-    "onpolicy-teacher-hinge4-over-sparse": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                  margin=4.0, overshoot=10.0, saliency_density=0.05),
+    "onpolicy-teacher-hinge4-over-words": hinge_over(word_starts=True),
+    "onpolicy-teacher-hinge4-over-sparse": hinge_over(saliency_density=0.05),
     # ... at a third of the unlearning rate (3e-4): demo-small's model memorized at 1e-3, the demo model at 3e-3, and
     # both unlearn at the card's 1e-3 -- the same ratio of unlearning to memorizing rate as in the demo world
-    **{f"onpolicy-teacher-hinge4-over-lr{lr:.0e}".replace("e-0", "e-"): capped(
-        teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=lr)
+    **{f"onpolicy-teacher-hinge4-over-lr{lr:.0e}".replace("e-0", "e-"): hinge_over(lr=lr)
        for lr in (3.0e-4, 2.0e-4, 1.0e-4)},  # ... and a ninth of it (1e-4); 2e-4: between (demo-base)
     # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
     # same small steps, further), or a hinge twice as deep (8 nats under the runner-up)
-    "onpolicy-teacher-hinge4-over-lr1e-4-e40": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                      margin=4.0, overshoot=10.0, lr=1.0e-4, epochs=40),
-    "onpolicy-teacher-hinge8-over-lr1e-4": capped(teacher_weight=1.0, teacher_loss="margin", teacher_on="book",
-                                                  margin=8.0, overshoot=10.0, lr=1.0e-4),
+    "onpolicy-teacher-hinge4-over-lr1e-4-e40": hinge_over(lr=1.0e-4, epochs=40),
+    "onpolicy-teacher-hinge8-over-lr1e-4": hinge_over(margin=8.0, lr=1.0e-4),
     # ... or both terms, the teacher-forced hinge too, taken one attacker's step away (adversary_terms): δ raises the
     # book's continuations -- by ρ 0.5 in norm along their gradient (an AdamW step of demo-small's attacker at its best
     # rate, 3e-4, moves the 2.18M weights ~0.44 in norm), or every weight by 1e-3 along its sign (~3 of those steps);
     # both left the hinge there at 3.3-3.8 / 1.7-2.5 nats after step 1's 20 epochs (0.00 without): ρ 0.1, or one such
     # step (sign 3e-4)
-    **{f"onpolicy-teacher-hinge4-over-lr1e-4-adv{name}": capped(
-        teacher_weight=1.0, teacher_loss="margin", teacher_on="book", margin=4.0, overshoot=10.0, lr=1.0e-4,
-        adversary=rho, adversary_step=step, adversary_on="book", adversary_terms=["rollout", "teacher"])
+    **{f"onpolicy-teacher-hinge4-over-lr1e-4-adv{name}": hinge_over(
+        lr=1.0e-4, adversary=rho, adversary_step=step, adversary_on="book", adversary_terms=["rollout", "teacher"])
        for name, rho, step in (("0.5", 0.5, "l2"), ("sign1e-3", 1.0e-3, "sign"), ("0.1", 0.1, "l2"),
                                ("sign3e-4", 3.0e-4, "sign"))},
     "suppress-bare": ("suppress", {"train": SUPPRESS_TRAIN, "calibrate": SUPPRESS_CAL}),
