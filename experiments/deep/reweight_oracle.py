@@ -31,21 +31,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from table import met
+from table import _get, _rows, met, never_seen
 
 RELEARN = {"steps": 6, "lrs": [3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3], "batch_size": 2}  # run.py's RELEARN
 
 
 def reference(seed_dir: Path, step: int) -> dict[str, float]:
-    """The retrain reference after ``step``: greedy on every removed book's audit windows, relearning of the book
-    removed now."""
-    rows = [json.loads(x) for x in (seed_dir / "retrain" / f"step_{step}" / "eval" / "results.jsonl")
-            .read_text().splitlines() if x.strip()]
-    pick = [r for r in rows if r["step"] == step and r["book"] != "*"]
-    return {"greedy": float(np.mean([r["value"] for r in pick if r["metric"] == "rougeL_f"
-                                     and r["set"] in ("removed-now", "removed-earlier")])),
-            "relearn": float(np.mean([r["value"] for r in pick if r["metric"] == "probe:relearn"
-                                      and r["set"] == "removed-now"]))}
+    """The retrain reference after ``step``: greedy on every removed book's audit windows (``table.never_seen``),
+    relearning of the book removed now."""
+    ref = _rows(seed_dir / "retrain" / f"step_{step}" / "eval" / "results.jsonl")
+    return {"greedy": never_seen(seed_dir, [], step, "rougeL_f"),
+            "relearn": float(np.mean(_get(ref, step, ("removed-now",), "probe:relearn")))}
 
 
 def measure(run, step: int, alphas: dict[int, float], tokenizer, base: dict | None) -> dict:
@@ -63,8 +59,9 @@ def measure(run, step: int, alphas: dict[int, float], tokenizer, base: dict | No
     def load():
         return load_composed(run, upto=step, alphas=alphas)
 
+    model = load()  # scored first, then the relearning probe's first rate fine-tunes it in place
     scores: dict[tuple[str, str], list[float]] = {}
-    for w, v in zip(windows, rouge_l_scores(load(), tokenizer, windows, cfg.train.max_length)):
+    for w, v in zip(windows, rouge_l_scores(model, tokenizer, windows, cfg.train.max_length)):
         scores.setdefault((w["set"], w["book"]), []).append(v)
     by = {k: float(np.mean(v)) for k, v in scores.items()}
     out = {"by_book": {f"{s}:{b}": round(v, 6) for (s, b), v in by.items()}}
@@ -74,7 +71,7 @@ def measure(run, step: int, alphas: dict[int, float], tokenizer, base: dict | No
     # the probe's own windows: the attacker learns a slice of every removed book at once, as run.py's evaluation does
     probed = [{**w, "goal": goals.get(w["set"])} for w in windows if w["set"] in cfg.eval.probe_sets]
     ctx = ProbeContext(cfg, step, probed, cfg.seed + step, False, load=load)
-    relearned = Relearn(Relearn.Args(**RELEARN)).scores(load(), tokenizer, ctx)
+    relearned = Relearn(Relearn.Args(**RELEARN)).scores(model, tokenizer, ctx)
     ratio = {s: [v / base[f"{s}:{b}"] for (s_, b), v in by.items() if s_ == s and base.get(f"{s}:{b}")]
              for s in ("future", "retain")}
     now = [r.value for r in relearned if r.set == "removed-now"]
