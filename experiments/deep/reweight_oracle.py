@@ -105,15 +105,24 @@ def main() -> None:
     elif len(args.paths) != 1 or not args.grid or not args.out:
         ap.error("a sweep takes one run, --grid and --out")
     else:
-        sweep(args.paths[0], args.grid, args.out)
+        from ssu.errors import SSUError
+
+        try:
+            sweep(args.paths[0], args.grid, args.out)
+        except SSUError as e:
+            raise SystemExit(f"error: {e}") from None
 
 
 def sweep(run_dir: Path, grid: list[float], out: Path) -> None:
+    from ssu.errors import SSUError
     from ssu.models.loading import load_tokenizer
     from ssu.recipes.run_dir import RunDir
 
     run = RunDir(run_dir)
     steps = sorted(int(s) for s in run.manifest["steps"])
+    missing = [t for t in steps if not (run_dir.parent / "retrain" / f"step_{t}" / "eval" / "results.jsonl").is_file()]
+    if missing:
+        raise SSUError(f"{run_dir.parent} has no retrain reference for steps {missing} (run.py --retrain)")
     tokenizer = load_tokenizer(run.config.model, run.config.trust_remote_code)
     done = {}
     if out.is_file():
