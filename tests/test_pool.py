@@ -133,33 +133,3 @@ def test_floors_read_each_window_at_keep_offsets(run_dir, synthetic_world):
         steady = mean_score(model, tok, ws, cfg.train.max_length, offsets=[0, 7, 15])
         assert cal["checks"][0][1][group] == pytest.approx(steady, abs=1e-6)
         assert cal["floors"][group] == pytest.approx(0.8 * steady, abs=1e-6)
-
-
-def test_replay_samples_theta_before_from_pooled_prompts_and_drops_the_removed_books(run_dir, synthetic_world):
-    # generic.replay: continuations sampled from θ_{t-1} beside the pooled windows, seeded, none that shares an
-    # 8-word run with a removed book; they join the regularizers' rows (not the floors)
-    from ssu.recipes.pool import REPLAY_NGRAM, replay_windows
-    from ssu.recipes.step import step_windows
-
-    run = run_dir(name="replay", regularizers=PROTECT, generic={"others": 3, "replay": 2})
-    cfg = RunDir(run).config
-    model = load_composed(RunDir(run), upto=0)
-    tok = load_tokenizer(str(synthetic_world.memorized))
-    pooled = other_windows(cfg, 1)
-    _, windows, retain, earlier = step_windows(cfg.data, 1)
-    replayed = replay_windows(model, tok, cfg, 1, pooled, windows + earlier)
-    assert replayed == replay_windows(model, tok, cfg, 1, pooled, windows + earlier)  # seeded
-    assert sorted(replayed) == sorted(f"{b}~replay" for b in pooled)
-    texts = [(w["prompt"] + " " + w["continuation"]).split() for w in windows]
-    removed = {tuple(x[i : i + REPLAY_NGRAM]) for x in texts for i in range(len(x) - REPLAY_NGRAM + 1)}
-    for book, rows in replayed.items():
-        sources = {w["prompt"] + " " + w["continuation"] for w in pooled[book.removesuffix("~replay")]}
-        assert len(rows) == 2 and all(w["role"] == "retain" and w["book"] == book for w in rows)
-        for w in rows:  # the prompt: a pooled window's text read later; the continuation: the model's own
-            assert any(w["prompt"] in s for s in sources)
-            x = (w["prompt"] + " " + w["continuation"]).split()
-            assert not removed & {tuple(x[i : i + REPLAY_NGRAM]) for i in range(len(x) - REPLAY_NGRAM + 1)}
-    # a constructed case: with the pooled books themselves named removed, every sample shares their text
-    assert replay_windows(model, tok, cfg, 1, pooled, [w for ws in pooled.values() for w in ws]) == {}
-    entry = run_step(run, 1, progress=False)
-    assert entry["regularizers"]["protect"]["windows"] == len(retain) + 2 * 3 + 2 * 2  # retain + pool + replay

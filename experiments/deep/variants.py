@@ -288,9 +288,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... α 2.5x the first crossing (≤ 1) rather than 11x: re-weighting demo-base seed 0's stack (reweight_oracle.py)
     # met every goal it reads at α (1, 0.8, 0.6-0.8); the run's crossings were 0.44, 0.29, 0.36
     "onpolicy-teacher-hinge4-over1.5-lr3e-4": hinge_over(lr=3.0e-4, overshoot=1.5),
-    # ... with 8 continuations per pooled book sampled from θ_{t-1} beside the pooled windows (generic.replay): the
-    # protection kept the pooled windows exactly while the same books' other windows fell (floor_signals.py)
-    "onpolicy-teacher-hinge4-over-lr3e-4-replay8": hinge_over(lr=3.0e-4, generic={**POOL, "replay": 8}),
     # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
     # same small steps, further), or a hinge twice as deep (8 nats under the runner-up)
     "onpolicy-teacher-hinge4-over-lr1e-4-e40": hinge_over(lr=1.0e-4, epochs=40),

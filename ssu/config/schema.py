@@ -152,18 +152,16 @@ class GenericSettings:
     """What the regularizers protect beside the retain books (ssu/recipes/pool.py): ``windows``
     windows of general text from ``dir``, and ``others`` calibration-side windows of each book
     not yet removed (the owner's other memorized text; graded then on its audit side only), of
-    which ``check`` per book are kept from the regularizers and read by its floor alone, and
-    ``replay`` continuations per pooled book sampled from θ_{t−1} for the regularizers."""
+    which ``check`` per book are kept from the regularizers and read by its floor alone."""
 
     dir: str | None = None
     windows: int = 64
     others: int = 0
     check: int = 0
-    replay: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.windows >= 1 and self.others >= 0 and self.check >= 0 and self.replay >= 0,
-               "generic.windows must be >= 1, generic.others, generic.check and generic.replay >= 0")
+        _check(self.windows >= 1 and self.others >= 0 and self.check >= 0,
+               "generic.windows must be >= 1, generic.others and generic.check >= 0")
 
 
 @dataclass

@@ -16,17 +16,6 @@ memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
   break on one flipped window and refuse the step (α 0); one floor over all pooled windows
   was tried and kept less (experiments/deep/README.md): a mean lets one book go.
 
-``generic.replay: n`` adds what the protection has not got: n continuations per pooled book
-sampled from θ_{t−1} itself (temperature 1) from that book's calibration-side prompts read a
-random number of words later (:func:`replay_windows`), joined to the regularizers' rows (not
-to the text a method reads to tell the book's own words from the owner's: ``suppress``'s flags) -- the
-model's own neighbourhood of the text it is told to keep (generative replay, Shin et al. 2017),
-no data the owner lacks and nothing of any audit side. ``protect`` and ``kl`` kept the pooled
-windows exactly (their per-token likelihood within 1 % of θ_0's after three steps, demo-base)
-while the same books' other windows fell (experiments/deep/floor_signals.py); replay asks whether
-a wider neighbourhood carries further. A sample sharing an 8-word run with a book removed now or
-earlier is dropped: the model would be protecting what it is told to forget.
-
 A floor read on the very windows ``protect`` and ``kl`` keep is read on their training data:
 in the pretrained world, at step 1, those windows stayed at 0.85-1.00 of their score while the
 same books' audit windows fell to 0.22-0.98 (seeds 0-1, experiments/deep/README.md). ``generic.check: k``
@@ -111,48 +100,6 @@ def checked(cfg: RunConfig, step: int, pooled: dict[str, list[dict]]) -> tuple[d
         floor[book] = [w for i, w in enumerate(ws) if i in held]
         protect[book] = [w for i, w in enumerate(ws) if i not in held]
     return protect, floor
-
-
-REPLAY_NGRAM = 8  # a replayed sample sharing a run of this many words with a removed book is dropped
-
-
-def replay_windows(model, tokenizer, cfg: RunConfig, step: int, pooled: dict[str, list[dict]],
-                   removed: list[dict]) -> dict[str, list[dict]]:
-    """``book~replay`` -> up to ``generic.replay`` retain rows per pooled book: a calibration-side
-    window's prompt read k words later (k uniform in [0, its continuation's length / 2], seeded by
-    the run's seed, the step and the book), its continuation sampled from ``model`` (θ_{t−1}) at
-    temperature 1 with the window's own token budget; samples sharing a ``REPLAY_NGRAM``-word run with
-    ``removed`` (the books removed now and before) are dropped. Empty unless ``generic.replay``."""
-    import torch
-
-    from ssu.eval.generation import Sampling, generate_continuations
-    from ssu.recipes.targets import slide
-
-    n = cfg.generic.replay
-    if not n or not pooled:
-        return {}
-    banned = {g for w in removed for g in _runs(w["prompt"] + " " + w["continuation"])}
-    prompts: list[tuple[str, dict]] = []
-    for book, ws in sorted(pooled.items()):
-        rng = random.Random(f"replay:{cfg.seed}:{step}:{book}")
-        for i in range(2 * n):  # twice as many as kept: some are dropped
-            w = ws[i % len(ws)]
-            prompts.append((book, slide(w, rng.randint(0, len(w["continuation"].split()) // 2))))
-    with torch.random.fork_rng(devices=[]):  # the step's own random stream stays as it was
-        torch.manual_seed(cfg.seed * 1000 + step)
-        texts = generate_continuations(model, tokenizer, [w for _, w in prompts], cfg.eval.batch_size,
-                                       cfg.train.max_length, sampling=Sampling())
-    out: dict[str, list[dict]] = {}
-    for (book, w), text in zip(prompts, texts):
-        rows = out.setdefault(f"{book}~replay", [])
-        if len(rows) < n and text and not banned & _runs(w["prompt"] + " " + text):
-            rows.append({**w, "continuation": text, "book": f"{book}~replay", "window": len(rows), "role": "retain"})
-    return {b: ws for b, ws in out.items() if ws}
-
-
-def _runs(text: str) -> set[tuple[str, ...]]:
-    words = text.split()
-    return {tuple(words[i : i + REPLAY_NGRAM]) for i in range(len(words) - REPLAY_NGRAM + 1)}
 
 
 def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:

@@ -28,7 +28,7 @@ from typing import Any
 from ssu.config import RunConfig
 from ssu.engine.distributed import Processes
 from ssu.engine.finetune import FinetuneResult, Hooks, StepHook, finetune, frozen_names
-from ssu.engine.forget_set import ForgetSet, build_forget_set, encode_windows
+from ssu.engine.forget_set import ForgetSet, build_forget_set
 from ssu.engine.precision import STACK_ADAPTER, STEP_ADAPTER, ReferenceView, add_step_adapter, check_supported
 from ssu.engine.seeding import seed_everything
 from ssu.errors import SSUError
@@ -38,7 +38,7 @@ from ssu.models.loading import load_tokenizer, resolve_device, resolve_dtype
 from ssu.recipes.calibrate import EarlyStop, audit_split, calibrate_step, calibration_windows
 from ssu.recipes.components import build_method, build_regularizers, method_label
 from ssu.recipes.compose import load_composed
-from ssu.recipes.pool import checked, other_windows, protected_rows, replay_windows
+from ssu.recipes.pool import checked, other_windows, protected_rows
 from ssu.recipes.run_dir import VECTOR, RunDir
 from ssu.regularizers import Regularized, Regularizer
 from ssu.vectors import LoraTaskVector, TaskVector
@@ -153,7 +153,6 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
     wants_retain = method.needs_retain or any(r.needs_retain for r in regularizers)
     # ssu/recipes/pool.py: the other books' calibration sides, split between the regularizers and the floors
     pooled, floors = checked(cfg, step, other_windows(cfg, step))
-    replayed = replay_windows(model, tokenizer, cfg, step, pooled, windows + earlier) if wants_retain else {}
     if wants_retain:
         retain = protected_rows(cfg, retain, pooled)
     fs = build_forget_set(step, windows, tokenizer, k_random=getattr(method.args, "k_random", 3),
@@ -162,8 +161,6 @@ def set_up(run: RunDir, step: int, procs: Processes) -> StepSetup:
                           seed=cfg.seed + step, max_length=cfg.train.max_length, books=books)
     model = trainable(model, cfg)
     method.prepare(model, fs)
-    if replayed:  # the regularizers' rows, after the method has read the owner's text to tell the book's own from it
-        fs.retain += encode_windows(tokenizer, [w for ws in replayed.values() for w in ws], cfg.train.max_length)
     for r in regularizers:
         r.prepare(model, fs)  # at θ_{T−1}, before any weight moves
     fs.shared.clear()  # the regularizers keep what they need
