@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import forget_set_of
@@ -133,3 +134,37 @@ def test_floors_read_each_window_at_keep_offsets(run_dir, synthetic_world):
         steady = mean_score(model, tok, ws, cfg.train.max_length, offsets=[0, 7, 15])
         assert cal["checks"][0][1][group] == pytest.approx(steady, abs=1e-6)
         assert cal["floors"][group] == pytest.approx(0.8 * steady, abs=1e-6)
+
+
+def test_recut_protects_the_whole_window_and_moves_its_first_half_less(run_dir, synthetic_world):
+    # generic.prompt_words: kl reads a row's continuation tokens only, so a window cut as the books are leaves its
+    # prompt half unprotected; re-cut to k prompt words, the protection reaches all but k words -- and at the same
+    # α the pooled windows' first half moves less
+    from ssu.engine.encoding import encode_pair
+    from ssu.eval.logprobs import token_logprobs
+    from ssu.recipes.pool import protected_rows, recut
+
+    w = {"prompt": "a b c d e", "continuation": "f g h i j", "book": "x", "window": 0}
+    assert recut(w, 2) == {**w, "prompt": "a b", "continuation": "c d e f g h i j"}
+    assert recut(w, 50)["continuation"] == "j" and recut(w, 0)["prompt"] == "a"  # one word on either side at least
+    kl = [{"name": "kl", "args": {"lam": 10.0, "reference": "cached"}}]
+    runs = {k: run_dir(name=f"recut{k}", alpha=3.0, regularizers=kl, generic={"others": 3, "prompt_words": k})
+            for k in (None, 3)}
+    cfg = RunDir(runs[3]).config
+    pooled = other_windows(cfg, 1)
+    rows = protected_rows(cfg, [], pooled)
+    assert [r["prompt"] + " " + r["continuation"] for r in rows] == \
+        [p["prompt"] + " " + p["continuation"] for ws in pooled.values() for p in ws]
+    assert all(len(r["prompt"].split()) == 3 for r in rows)
+    tok = load_tokenizer(str(synthetic_world.memorized))
+    windows = [p for ws in pooled.values() for p in ws]
+    n_prompt = [encode_pair(tok, p["prompt"], p["continuation"], cfg.train.max_length).n_prompt for p in windows]
+
+    def first_half(model) -> float:  # mean log-probability of each pooled window's prompt tokens after its first
+        return float(np.mean([lp[: n - 1].mean() for lp, n in zip(token_logprobs(model, tok, windows, 512), n_prompt)]))
+
+    rise = {}
+    for k, run in runs.items():
+        run_step(run, 1, progress=False)
+        rise[k] = first_half(load_composed(RunDir(run), upto=0)) - first_half(load_composed(RunDir(run), upto=1))
+    assert 0 < rise[3] < 0.9 * rise[None], rise  # measured: 0.091 against 0.113 nats

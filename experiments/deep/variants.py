@@ -36,15 +36,16 @@ L300 = [{"name": "protect", "args": {"lam": 300.0, "fraction": 0.05}},
 
 def capped(frozen: list[str] | None = None, word_starts: bool = False, generic_ngram: int = 1,
            generic: dict = POOL, overshoot: float = 0.0, backoff: float = 0.0, regularizers: list = UNDAMPED,
-           lr: float | None = None, epochs: int | None = None, **rollout) -> tuple[str, dict]:
+           lr: float | None = None, epochs: int | None = None, calibrate: dict | None = None,
+           **rollout) -> tuple[str, dict]:
     """``onpolicy-generic1-capped`` with ``train.frozen`` names, ``word_starts`` flags, another
-    ``generic_ngram``, another ``generic`` block, ``calibrate.overshoot`` / ``backoff``, other regularizers, another
-    ``train.lr`` / ``train.epochs`` or other ``suppress`` arguments (``rollout``: the Gutenberg variants of what the
-    other books lose)."""
+    ``generic_ngram``, another ``generic`` block, ``calibrate.overshoot`` / ``backoff`` (or other ``calibrate`` keys),
+    other regularizers, another ``train.lr`` / ``train.epochs`` or other ``suppress`` arguments (``rollout``: the
+    Gutenberg variants of what the other books lose)."""
     args = {**ONPOLICY_ONLY, "generic_ngram": generic_ngram, **({"word_starts": True} if word_starts else {}),
             **rollout}
     return ("suppress", {"generic": generic, "regularizers": regularizers,
-                         "calibrate": {**CAPPED_CAL, "overshoot": overshoot, "backoff": backoff},
+                         "calibrate": {**CAPPED_CAL, "overshoot": overshoot, "backoff": backoff, **(calibrate or {})},
                          "train": {**SUPPRESS_TRAIN, **({"frozen": frozen} if frozen else {}),
                                    **({"lr": lr} if lr else {}), **({"epochs": epochs} if epochs else {})},
                          "method": {"args": args}})
@@ -288,6 +289,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... α 2.5x the first crossing (≤ 1) rather than 11x: re-weighting demo-base seed 0's stack (reweight_oracle.py)
     # met every goal it reads at α (1, 0.8, 0.6-0.8); the run's crossings were 0.44, 0.29, 0.36
     "onpolicy-teacher-hinge4-over1.5-lr3e-4": hinge_over(lr=3.0e-4, overshoot=1.5),
+    # ... with every protected window re-cut to 10 prompt words (generic.prompt_words): kl and protect read the
+    # continuation alone, half of each window; the pooled half was held exactly while the audit side fell
+    "onpolicy-teacher-hinge4-over-lr3e-4-recut10": hinge_over(lr=3.0e-4, generic={**POOL, "prompt_words": 10}),
+    # ... and floors read at 4 offsets with patience 3: re-cut, a pooled window's own cut flipped at α 0.26-0.30 and
+    # stopped seed 1's first two steps (the protection's weight per token of it halved)
+    "onpolicy-teacher-hinge4-over-lr3e-4-recut10-steady-patient": hinge_over(
+        lr=3.0e-4, generic={**POOL, "prompt_words": 10}, calibrate={**STEADY, "patience": 3}),
+    # ... or no floors (calibrate.keep off): α ≤ 1 is the model as trained, and the pooled windows' own cut is what
+    # re-cut protects least; the earlier books' bounds stay
+    "onpolicy-teacher-hinge4-over-lr3e-4-recut10-nofloor": hinge_over(
+        lr=3.0e-4, generic={**POOL, "prompt_words": 10}, calibrate={"keep": None}),
     # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
     # same small steps, further), or a hinge twice as deep (8 nats under the runner-up)
     "onpolicy-teacher-hinge4-over-lr1e-4-e40": hinge_over(lr=1.0e-4, epochs=40),

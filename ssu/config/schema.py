@@ -152,16 +152,19 @@ class GenericSettings:
     """What the regularizers protect beside the retain books (ssu/recipes/pool.py): ``windows``
     windows of general text from ``dir``, and ``others`` calibration-side windows of each book
     not yet removed (the owner's other memorized text; graded then on its audit side only), of
-    which ``check`` per book are kept from the regularizers and read by its floor alone."""
+    which ``check`` per book are kept from the regularizers and read by its floor alone; with
+    ``prompt_words`` every row the regularizers read is re-cut to that many prompt words."""
 
     dir: str | None = None
     windows: int = 64
     others: int = 0
     check: int = 0
+    prompt_words: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.windows >= 1 and self.others >= 0 and self.check >= 0,
                "generic.windows must be >= 1, generic.others and generic.check >= 0")
+        _check(self.prompt_words is None or self.prompt_words >= 1, "generic.prompt_words must be >= 1")
 
 
 @dataclass

@@ -111,5 +111,20 @@ def other_audit(cfg: RunConfig, step: int) -> dict[str, set[int]]:
 
 def protected_rows(cfg: RunConfig, retain: list[dict], pooled: dict[str, list[dict]]) -> list[dict]:
     """The rows the regularizers protect: the retain books' ``retain`` windows, the generic text's
-    (``generic.dir``) and the other books' windows ``pooled`` for the regularizers (:func:`checked`)."""
-    return retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]
+    (``generic.dir``) and the other books' windows ``pooled`` for the regularizers (:func:`checked`),
+    each re-cut to ``generic.prompt_words`` prompt words when that is set (:func:`recut`)."""
+    rows = retain + (generic_windows(cfg) if cfg.generic.dir else []) + [w for ws in pooled.values() for w in ws]
+    k = cfg.generic.prompt_words
+    return rows if k is None else [recut(w, k) for w in rows]
+
+
+def recut(w: dict, k: int) -> dict:
+    """The window's text with its first ``k`` words as the prompt and the rest as the continuation.
+
+    ``kl`` and ``protect`` read a row's continuation tokens only, so a window cut as the books are
+    (prompt and continuation of equal length) has half its text unprotected; the floors read the
+    pooled windows as cut, and the protection held exactly those tokens while the same books' other
+    windows fell (experiments/deep/floor_signals.py). Re-cut, the protection covers all but k words."""
+    words = (w["prompt"] + " " + w["continuation"]).split()
+    k = max(1, min(k, len(words) - 1))
+    return {**w, "prompt": " ".join(words[:k]), "continuation": " ".join(words[k:])}
