@@ -298,6 +298,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         lr=3.0e-4, generic={**POOL, "prompt_words": 10}, calibrate={**STEADY, "patience": 3}),
     # ... or no floors (calibrate.keep off): α ≤ 1 is the model as trained, and the pooled windows' own cut is what
     # re-cut protects least; the earlier books' bounds stay
+    # ... or kl at twice the weight (λ 20): re-cut, its mean runs over twice the tokens, so λ 20 puts λ 10's weight back
+    # on each token of the windows as cut, the half the floors read
+    "onpolicy-teacher-hinge4-over-lr3e-4-recut10-kl20": hinge_over(
+        lr=3.0e-4, generic={**POOL, "prompt_words": 10},
+        regularizers=[UNDAMPED[0], {"name": "kl", "args": {"lam": 20.0, "reference": "cached"}}]),
     "onpolicy-teacher-hinge4-over-lr3e-4-recut10-nofloor": hinge_over(
         lr=3.0e-4, generic={**POOL, "prompt_words": 10}, calibrate={"keep": None}),
     # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
