@@ -46,29 +46,24 @@ SLID = (10, 20, 30)
 
 
 def read(model, tokenizer, pooled: dict[str, list[dict]], max_length: int) -> dict[str, dict[str, float]]:
-    """book -> signal -> value on the book's pooled windows (means over windows)."""
-    from ssu.engine.encoding import encode_pair
-    from ssu.eval.logprobs import token_logprobs
+    """book -> signal -> value on the book's pooled windows (means over windows: :func:`per_window`'s readings, and
+    greedy and top-1 from the prompts slid ``SLID`` words)."""
     from ssu.eval.probes.teacher import top1_shares
     from ssu.recipes.targets import slide, window_scores
 
     out = {}
     for book, ws in pooled.items():
+        each = per_window(model, tokenizer, ws, max_length)
         slid = [slide(w, k) for k in SLID for w in ws]
-        # logprob: the continuation's tokens only (token_logprobs scores every token after the first)
-        n_cont = [len(e.ids) - e.n_prompt for e in (encode_pair(tokenizer, w["prompt"], w["continuation"], max_length)
-                                                     for w in ws)]
-        lps = token_logprobs(model, tokenizer, ws, max_length)
-        out[book] = {"greedy": float(np.mean(window_scores(model, tokenizer, ws, max_length))),
+        out[book] = {**{s: float(np.mean([r[s] for r in each])) for s in ("greedy", "top1", "logprob")},
                      "greedy_slid": float(np.mean(window_scores(model, tokenizer, ws, max_length, offsets=SLID))),
-                     "top1": float(np.mean(top1_shares(model, tokenizer, ws, max_length))),
-                     "top1_slid": float(np.mean(top1_shares(model, tokenizer, slid, max_length))),
-                     "logprob": float(np.mean([lp[-n:].mean() for lp, n in zip(lps, n_cont)]))}
+                     "top1_slid": float(np.mean(top1_shares(model, tokenizer, slid, max_length)))}
     return out
 
 
 def per_window(model, tokenizer, windows: list[dict], max_length: int) -> list[dict[str, float]]:
-    """greedy ROUGE-L, top-1 share and mean continuation log-probability of each window."""
+    """greedy ROUGE-L, top-1 share and mean continuation log-probability of each window (``token_logprobs`` scores
+    every token after the first; the continuation's are the last ones)."""
     from ssu.engine.encoding import encode_pair
     from ssu.eval.logprobs import token_logprobs
     from ssu.eval.probes.teacher import top1_shares
@@ -109,13 +104,15 @@ def sweep(run_dir: Path, sweep_path: Path, out: Path) -> None:
         if out.is_file() else set()
     out.parent.mkdir(parents=True, exist_ok=True)
     base_of: dict[int, dict] = {}
+    windows_of: dict[int, tuple[dict, dict]] = {}  # step -> (the windows its floors read, the audit side)
     audit0 = states_base(sweep_path)
     for state in states:
         t = state["step"]
         if (t, tuple(state["alphas"])) in done:
             continue
-        _, floors = checked(cfg, t, other_windows(cfg, t))  # the windows the step's floors read
-        audit = audit_side(run, t)
+        if t not in windows_of:
+            windows_of[t] = (checked(cfg, t, other_windows(cfg, t))[1], audit_side(run, t))
+        floors, audit = windows_of[t]
         if t not in base_of:
             model0 = load_composed(run, upto=0, alphas={})
             base_of[t] = {"pooled": read(model0, tokenizer, floors, cfg.train.max_length),
