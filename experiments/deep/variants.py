@@ -310,10 +310,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "onpolicy-teacher-hinge4-over-lr3e-4-recut10-nofloor": hinge_over(
         lr=3.0e-4, generic={**POOL, "prompt_words": 10}, calibrate={"keep": None}),
     # re-cut in the demo world, at its own rate (the card's 1e-3: a third of the demo model's memorization rate, as
-    # 3e-4 is of demo-base's): with floors, and without them (seed 1 of demo-base: the floors refused re-cut)
+    # 3e-4 is of demo-base's); its floors never bound there (α 1 at every step of seeds 0-2)
     "onpolicy-teacher-hinge4-over-recut10": hinge_over(generic={**POOL, "prompt_words": 10}),
-    "onpolicy-teacher-hinge4-over-recut10-nofloor": hinge_over(generic={**POOL, "prompt_words": 10},
-                                                               calibrate={"keep": None}),
     # lr 1e-4 kept demo-small's other books (seed 0: 0.92 / 0.90) but relearned +0.11 to +0.24: twice the epochs (the
     # same small steps, further), or a hinge twice as deep (8 nats under the runner-up)
     "onpolicy-teacher-hinge4-over-lr1e-4-e40": hinge_over(lr=1.0e-4, epochs=40),
