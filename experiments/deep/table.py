@@ -54,9 +54,29 @@ def never_seen(seed_dir: Path, rows: list[dict], step: int, metric: str) -> floa
     return float(np.mean(vals)) if vals else None
 
 
+REFERENCE = "retrain reference"
+
+
+def reference_rows(seed_dir: Path) -> list[dict]:
+    """The retrain references as one run: step T's rows are the reference of step T; step 0's
+    (the memorized model, which the ratios divide by) are those of the first variant run that
+    has them."""
+    rows = [r for ref in sorted((seed_dir / "retrain").glob("step_*/eval/results.jsonl")) for r in _rows(ref)]
+    if not rows:
+        return []
+    for run in sorted(p for p in seed_dir.iterdir() if (p / "results.jsonl").is_file()):
+        memorized = [r for r in _rows(run / "results.jsonl") if r["step"] == 0]
+        if memorized:
+            return memorized + rows
+    return []
+
+
 def figures(seed_dir: Path, variant: str) -> dict | None:
+    """One run's goal figures; ``variant`` ``REFERENCE``: the retrain references' own (no excess
+    or gap: they are the level the others are measured against)."""
+    reference = variant == REFERENCE
     run = seed_dir / variant
-    rows = _rows(run / "results.jsonl")
+    rows = reference_rows(seed_dir) if reference else _rows(run / "results.jsonl")
     steps = sorted({r["step"] for r in rows} - {0})
     if not steps:
         return None
@@ -73,14 +93,14 @@ def figures(seed_dir: Path, variant: str) -> dict | None:
             level = never_seen(seed_dir, rows, t, metric)
             if now:
                 out[key].append(float(np.mean(now)))
-            if removed and level is not None:
+            if removed and level is not None and not reference:
                 out[f"{key}_excess"] = max(out[f"{key}_excess"], max(removed) - level)
         relearned = _get(rows, t, ("removed-now",), "probe:relearn")
         ref = _get(_rows(seed_dir / "retrain" / f"step_{t}" / "eval" / "results.jsonl"), t, ("removed-now",),
                    "probe:relearn")
         if relearned:
             out["relearn"].append(float(np.mean(relearned)))
-            if ref:
+            if ref and not reference:
                 gap = float(np.mean(relearned) - np.mean(ref))
                 out["relearn_gap"] = gap if out["relearn_gap"] is None else max(out["relearn_gap"], gap)
         earlier = _get(rows, t, ("removed-earlier",), "probe:worst")
@@ -102,6 +122,8 @@ def figures(seed_dir: Path, variant: str) -> dict | None:
     if 0 in acc and steps[-1] in acc and acc[0].get("stderr"):
         out["lm_eval"] = acc[steps[-1]]["value"]
         out["lm_eval_se"] = abs(acc[steps[-1]]["value"] - acc[0]["value"]) / acc[0]["stderr"]
+    if reference:
+        return {**out, "greedy_excess": None, "worst_excess": None, "alphas": [], "seconds": None}
     manifest = json.loads((run / "manifest.json").read_text())["steps"]
     out["alphas"] = [manifest[str(t)]["alpha"] for t in steps if str(t) in manifest]
     out["seconds"] = sum(manifest[str(t)]["timings"]["total_seconds"] for t in steps if str(t) in manifest)
@@ -122,6 +144,9 @@ def collect(out: Path) -> dict[str, list[dict]]:
             f = figures(seed_dir, run.name)
             if f is not None:
                 table.setdefault(run.name, []).append({"seed": seed_dir.name.removeprefix("seed"), **f})
+        f = figures(seed_dir, REFERENCE)
+        if f is not None:
+            table.setdefault(REFERENCE, []).append({"seed": seed_dir.name.removeprefix("seed"), **f})
     return table
 
 
@@ -146,7 +171,8 @@ def _cell(runs: list[dict], key: str) -> str:
 def render(table: dict[str, list[dict]], order: list[str]) -> str:
     lines = ["| variant | seeds | " + " | ".join(h for _, h in COLS) + " |", "|---|---|" + "---:|" * len(COLS)]
     full = max((r["steps"] for runs in table.values() for r in runs), default=0)
-    for name in [n for n in order if n in table] + sorted(set(table) - set(order)):
+    for name in [n for n in order if n in table] + sorted(set(table) - set(order) - {REFERENCE}) + \
+            [n for n in (REFERENCE,) if n in table]:
         runs = table[name]  # a run stopped short says so: its cells cover its steps only
         seeds = [r["seed"] + (f" ({r['steps']} of {full} steps)" if r["steps"] < full else "") for r in runs]
         lines.append(f"| {name} | {','.join(seeds)} | "
@@ -164,8 +190,8 @@ def frontier(table: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
     colors, markers = plt.get_cmap("tab20").colors, "os^Dv<>P*Xh"
     for i, (name, runs) in enumerate(sorted(table.items())):  # a colour and a marker per variant
-        xs = [r["greedy_excess"] for r in runs if r.get("future_mean") is not None]
-        ys = [r["future_mean"] for r in runs if r.get("future_mean") is not None]
+        xs = [r["greedy_excess"] for r in runs if None not in (r.get("future_mean"), r.get("greedy_excess"))]
+        ys = [r["future_mean"] for r in runs if None not in (r.get("future_mean"), r.get("greedy_excess"))]
         if xs:
             ax.scatter(xs, ys, label=name, s=30, color=colors[i % 20], marker=markers[i % len(markers)])
     ax.axvline(0.05, ls="--", c="grey", lw=1)
@@ -193,6 +219,8 @@ def main(out: Path, md: Path | None, plot: Path | None) -> None:
     text = render(table, MAIN)
     click.echo(text)
     for name, runs in table.items():
+        if name == REFERENCE:
+            continue
         click.echo(f"{name}: alphas " + "; ".join(f"seed {r['seed']}: {[round(a, 2) for a in r['alphas']]}"
                                                   for r in runs))
     if md:
