@@ -4,7 +4,8 @@ For each seed and variant: a run directory ``OUT/seed<N>/<variant>`` made by ``i
 ``run_step`` / ``evaluate_step`` (steps 1..N, each evaluated: greedy ROUGE-L on audit
 windows, the worst case over shifted prompts, 8 samples, 8/4-bit and bf16 weights, and
 relearning), and with ``--retrain`` the retrain reference of every step
-(``OUT/seed<N>/retrain/step_T``). ``table.py`` turns them into the goal table and the
+(``OUT/seed<N>/retrain/step_T``; where the seeds share one memorized model, each reference is
+trained once and evaluated per seed). ``table.py`` turns them into the goal table and the
 frontier plot. Re-runnable: completed steps, evaluations and references are skipped.
 
     python experiments/deep/run.py demo --out runs/deep/demo --seeds 0 1 2 --retrain
@@ -91,6 +92,30 @@ def run_variant(out: Path, name: str, model: str, data: str, seed: int, steps: i
     return run
 
 
+def shared_reference(out: Path, root: Path, step: int, model: str) -> None:
+    """Copy another seed's retrained model of ``step`` into ``root`` when it came from the same
+    recipe: the retrained model depends on the memorization recipe alone (its own seed, recorded
+    in memorize.json), not on the run seed, so the worlds that share one memorized model
+    (Gutenberg, pretrained) train each reference once; only its evaluation is per seed. Worlds
+    built per seed (demo) differ in their source model and are never shared. Copied to a
+    temporary name and renamed: absent or complete."""
+    import shutil
+
+    from ssu.recipes.memorize import load_record
+
+    dest = root / "retrain" / f"step_{step}" / "model"
+    if dest.exists():
+        return
+    recipe = {k: load_record(model).get(k) for k in ("source_model", "config")}
+    for record_path in sorted(out.glob(f"seed*/retrain/step_{step}/model/memorize.json")):
+        if {k: load_record(record_path.parent).get(k) for k in recipe} == recipe:
+            tmp = dest.with_name("model.partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(record_path.parent, tmp)
+            tmp.rename(dest)
+            return
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("world", choices=sorted(STEPS))
@@ -133,6 +158,7 @@ def main() -> None:
 
             for t in range(1, steps + 1):
                 started = time.perf_counter()
+                shared_reference(args.out, root, t, model)
                 retrain(model, data, root / "retrain" / f"step_{t}", t,
                         run_overrides={**common, "seed": seed, "device": "cpu"}, progress=False)
                 print(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} retrain step {t}: "
