@@ -171,8 +171,8 @@ def _cell(runs: list[dict], key: str) -> str:
 def render(table: dict[str, list[dict]], order: list[str]) -> str:
     lines = ["| variant | seeds | " + " | ".join(h for _, h in COLS) + " |", "|---|---|" + "---:|" * len(COLS)]
     full = max((r["steps"] for runs in table.values() for r in runs), default=0)
-    for name in [n for n in order if n in table] + sorted(set(table) - set(order) - {REFERENCE}) + \
-            [n for n in (REFERENCE,) if n in table]:
+    names = [n for n in order if n in table] + sorted(set(table) - set(order) - {REFERENCE})
+    for name in names + [REFERENCE] * (REFERENCE in table):  # the references last
         runs = table[name]  # a run stopped short says so: its cells cover its steps only
         seeds = [r["seed"] + (f" ({r['steps']} of {full} steps)" if r["steps"] < full else "") for r in runs]
         lines.append(f"| {name} | {','.join(seeds)} | "
