@@ -190,10 +190,10 @@ def frontier(table: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
     colors, markers = plt.get_cmap("tab20").colors, "os^Dv<>P*Xh"
     for i, (name, runs) in enumerate(sorted(table.items())):  # a colour and a marker per variant
-        xs = [r["greedy_excess"] for r in runs if None not in (r.get("future_mean"), r.get("greedy_excess"))]
-        ys = [r["future_mean"] for r in runs if None not in (r.get("future_mean"), r.get("greedy_excess"))]
-        if xs:
-            ax.scatter(xs, ys, label=name, s=30, color=colors[i % 20], marker=markers[i % len(markers)])
+        points = [(r["greedy_excess"], r["future_mean"]) for r in runs
+                  if None not in (r.get("greedy_excess"), r.get("future_mean"))]  # the references: no excess
+        if points:
+            ax.scatter(*zip(*points), label=name, s=30, color=colors[i % 20], marker=markers[i % len(markers)])
     ax.axvline(0.05, ls="--", c="grey", lw=1)
     ax.axhline(0.90, ls="--", c="grey", lw=1)
     ax.set_xlabel("removed books: largest greedy ROUGE-L over the never-seen level")
