@@ -76,7 +76,7 @@ _add("ssu-deep", "SSU calibrated to the never-seen level, earlier books constrai
 # the change as trained, never extrapolated, toward the never-seen level + 0.02. 20 epochs is
 # what the demo world's recipe (lr 1e-3) was measured with. What it reaches, and what not
 # (relearning in the demo world; on Gutenberg the books not yet removed, because with few retain
-# rows common words count as the book's own): experiments/deep/README.md, "On-policy removal".
+# rows common words count as the book's own): experiments/deep/findings/onpolicy.md.
 _add("suppress-onpolicy", "suppress on its own decodes: the book's own tokens trained down where the model still "
                           "emits them; protect's freeze, cached KL on retain + books not yet removed; alpha <= 1 "
                           "toward the never-seen level (full fine-tune, <= 2 bytes/param extra)", {

@@ -11,7 +11,7 @@ comes out misspelt ("militarism" -> "midations") shows as lost where its pieces 
 On Gutenberg (seed 0, the preset) the first steps lose common words the removed book also has
 ("she", "love": trained down as the book's own), later ones rare words misspelt in books that never
 shared them ("verdict", "Sensibility" -> "Sensibm"): what ``word_starts`` and ``train.frozen``
-address (experiments/deep/README.md).
+address (experiments/deep/findings/gutenberg.md).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 A step's calibration floors read the books not yet removed on their **pooled** windows (the
 calibration side of each book's split, which ``protect`` and ``kl`` also keep); evaluation grades
 the same books on their **audit** windows. The pooled windows' greedy ROUGE-L stays at 1.00 while
-the audit side falls (experiments/deep/README.md, "the blind spot"): the protection keeps exactly
-the windows the floor reads. This script asks which reading of the pooled windows -- the ones a
-recipe may look at -- would have seen the fall.
+the audit side falls (experiments/deep/findings/stack-and-floors.md, "What a floor could read"): the
+protection keeps exactly the windows the floor reads. This script asks which reading of the pooled
+windows -- the ones a recipe may look at -- would have seen the fall.
 
 For every state of a ``reweight_oracle.py`` sweep (the run's stack at an α vector, its audit-side
 readings already measured there), it composes the model again and reads, per book not yet

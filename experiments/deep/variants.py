@@ -1,7 +1,7 @@
 """The recipe variants ``run.py`` runs: name -> (method or preset, config overrides).
 
 Kept apart from the driver so that a variant is one entry here and the driver stays short. Each
-entry's comment says what it changes and why it was tried; experiments/deep/README.md has what each
+entry's comment says what it changes and why it was tried; experiments/deep/README.md and findings/ have what each
 measured.
 """
 
@@ -286,6 +286,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ... flags at word starts only (word_starts): a piece that continues a word is shared by every book
     "onpolicy-teacher-hinge4-over-words": hinge_over(word_starts=True),
     "onpolicy-teacher-hinge4-over-sparse": hinge_over(saliency_density=0.05),
+    # ... with what kept Gutenberg's other books under the preset's unlikelihood (embeddings, norms and biases frozen,
+    # flags at word starts off retain bigrams, 5 % sparse; -recut10: protection over the whole window): the hinge held
+    # relearning there and took the other books, those kept the books and relearned -- the two ends of one frontier
+    **{f"onpolicy-teacher-hinge4-over-frozen-shared-words-g2-sparse{cut}": hinge_over(
+        frozen=SHARED, word_starts=True, generic_ngram=2, saliency_density=0.05, **generic)
+       for cut, generic in (("", {}), ("-recut10", {"generic": {**POOL, "prompt_words": 10}}))},
     # ... at a third of the unlearning rate (3e-4): demo-small's model memorized at 1e-3, the demo model at 3e-3, and
     # both unlearn at the card's 1e-3 -- the same ratio of unlearning to memorizing rate as in the demo world
     **{f"onpolicy-teacher-hinge4-over-lr{lr:.0e}".replace("e-0", "e-"): hinge_over(lr=lr)

@@ -14,11 +14,11 @@ memorized) but not the other books (0.50; seed 1, step 1). Two sources widen it:
   text the recipe never touched. The same windows also join the calibration floor, one
   group per book. With 2-3 calibration windows a book (the worlds measured) such a floor can
   break on one flipped window and refuse the step (α 0); one floor over all pooled windows
-  was tried and kept less (experiments/deep/README.md): a mean lets one book go.
+  was tried and kept less (experiments/deep/findings/demo.md): a mean lets one book go.
 
 A floor read on the very windows ``protect`` and ``kl`` keep is read on their training data:
 in the pretrained world, at step 1, those windows stayed at 0.85-1.00 of their score while the
-same books' audit windows fell to 0.22-0.98 (seeds 0-1, experiments/deep/README.md). ``generic.check: k``
+same books' audit windows fell to 0.22-0.98 (seeds 0-1, experiments/deep/findings/pretrained.md). ``generic.check: k``
 therefore holds k windows of each pooled book back from the regularizers (:func:`checked`)
 and its floor reads those alone -- a check on text of the book the protection never saw.
 """
