@@ -18,7 +18,11 @@ the memorized model's score on held-out text):
   ratio to the memorized model's (goal <= 1.05); lm-eval: the last step's ssu_cloze
   accuracy minus the memorized model's, in its standard errors (goal within 1).
 
-Cells are means over seeds; a goal counts as met when every seed meets it.
+Cells are means over seeds; a goal counts as met when every seed meets it. A second table reads
+utility against the retrain reference of the same step instead of the memorized model (the same
+bounds: ppl <= 1.05 x, lm-eval within 1 of the reference's standard error): two memorizations of the
+same books differ by more than the issue's bounds, so this says which runs are within them of a
+model that never saw the book. A reading beside the goal, not the goal.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import numpy as np
 ACC = "lm_eval:ssu_cloze:acc"
 GOALS = {"greedy_excess": (0.05, "<="), "worst_excess": (0.05, "<="), "relearn_gap": (0.10, "<="),
          "future_mean": (0.90, ">="), "future_min": (0.80, ">="), "retained": (0.95, ">="),
-         "ppl_ratio": (1.05, "<="), "lm_eval_se": (1.0, "<=")}
+         "ppl_ratio": (1.05, "<="), "lm_eval_se": (1.0, "<="),
+         "ppl_vs_ref": (1.05, "<="), "lm_eval_se_ref": (1.0, "<=")}  # the last two: against the reference
 
 
 def _rows(path: Path) -> list[dict]:
@@ -85,7 +90,7 @@ def figures(seed_dir: Path, variant: str) -> dict | None:
     ppl0 = np.mean(_get(rows, 0, ("heldout",), "perplexity") or [np.nan])
     out = {"steps": len(steps), "greedy": [], "worst": [], "relearn": [], "greedy_excess": -1.0, "worst_excess": -1.0,
            "relearn_gap": None, "earlier_worst": None, "future_mean": None, "future_min": None, "retained": None,
-           "ppl_ratio": None, "lm_eval_se": None}
+           "ppl_ratio": None, "lm_eval_se": None, "ppl_vs_ref": None, "lm_eval_se_ref": None}
     for t in steps:
         for metric, key in (("rougeL_f", "greedy"), ("probe:worst", "worst")):
             now = _get(rows, t, ("removed-now",), metric)
@@ -96,8 +101,8 @@ def figures(seed_dir: Path, variant: str) -> dict | None:
             if removed and level is not None and not reference:
                 out[f"{key}_excess"] = max(out[f"{key}_excess"], max(removed) - level)
         relearned = _get(rows, t, ("removed-now",), "probe:relearn")
-        ref = _get(_rows(seed_dir / "retrain" / f"step_{t}" / "eval" / "results.jsonl"), t, ("removed-now",),
-                   "probe:relearn")
+        ref_rows = [] if reference else _rows(seed_dir / "retrain" / f"step_{t}" / "eval" / "results.jsonl")
+        ref = _get(ref_rows, t, ("removed-now",), "probe:relearn")
         if relearned:
             out["relearn"].append(float(np.mean(relearned)))
             if ref and not reference:
@@ -118,10 +123,17 @@ def figures(seed_dir: Path, variant: str) -> dict | None:
         ppl = _get(rows, t, ("heldout",), "perplexity")
         if ppl and np.isfinite(ppl0):
             out["ppl_ratio"] = max(out["ppl_ratio"] or 0.0, float(np.mean(ppl) / ppl0))
+        ref_ppl = _get(ref_rows, t, ("heldout",), "perplexity")
+        if ppl and ref_ppl:
+            out["ppl_vs_ref"] = max(out["ppl_vs_ref"] or 0.0, float(np.mean(ppl) / np.mean(ref_ppl)))
     acc = {r["step"]: r for r in rows if r["metric"] == ACC}
     if 0 in acc and steps[-1] in acc and acc[0].get("stderr"):
         out["lm_eval"] = acc[steps[-1]]["value"]
         out["lm_eval_se"] = abs(acc[steps[-1]]["value"] - acc[0]["value"]) / acc[0]["stderr"]
+    last_ref = [] if reference else _rows(seed_dir / "retrain" / f"step_{steps[-1]}" / "eval" / "results.jsonl")
+    ref_acc = next((r for r in last_ref if r["metric"] == ACC and r.get("stderr")), None)
+    if ref_acc and steps[-1] in acc:
+        out["lm_eval_se_ref"] = abs(acc[steps[-1]]["value"] - ref_acc["value"]) / ref_acc["stderr"]
     if reference:
         return {**out, "greedy_excess": None, "worst_excess": None, "alphas": [], "seconds": None}
     manifest = json.loads((run / "manifest.json").read_text())["steps"]
@@ -168,16 +180,26 @@ def _cell(runs: list[dict], key: str) -> str:
     return text + (" ✓" if ok and all(ok) else " ✗" if ok else "")
 
 
-def render(table: dict[str, list[dict]], order: list[str]) -> str:
-    lines = ["| variant | seeds | " + " | ".join(h for _, h in COLS) + " |", "|---|---|" + "---:|" * len(COLS)]
+UTILITY = [("ppl_ratio", "held-out ppl × memorized"), ("ppl_vs_ref", "× reference"),
+           ("lm_eval_se", "lm-eval Δ memorized (stderr)"), ("lm_eval_se_ref", "Δ reference (stderr)")]
+
+
+def render(table: dict[str, list[dict]], order: list[str], cols: list[tuple[str, str]] = COLS) -> str:
+    """The goal table (``COLS``), or with ``UTILITY`` utility read against the memorized model and the reference."""
+    lines = ["| variant | seeds | " + " | ".join(h for _, h in cols) + " |", "|---|---|" + "---:|" * len(cols)]
     full = max((r["steps"] for runs in table.values() for r in runs), default=0)
     names = [n for n in order if n in table] + sorted(set(table) - set(order) - {REFERENCE})
     for name in names + [REFERENCE] * (REFERENCE in table):  # the references last
         runs = table[name]  # a run stopped short says so: its cells cover its steps only
         seeds = [r["seed"] + (f" ({r['steps']} of {full} steps)" if r["steps"] < full else "") for r in runs]
         lines.append(f"| {name} | {','.join(seeds)} | "
-                     + " | ".join(_cell(runs, k) for k, _ in COLS) + " |")
+                     + " | ".join(_cell(runs, k) for k, _ in cols) + " |")
     return "\n".join(lines)
+
+
+def utility(table: dict[str, list[dict]], order: list[str]) -> str:
+    """The runs' utility against the memorized model and against the reference of the same step."""
+    return render({k: v for k, v in table.items() if k != REFERENCE}, order, UTILITY)
 
 
 def frontier(table: dict[str, list[dict]], path: Path) -> None:
@@ -217,6 +239,9 @@ def main(out: Path, md: Path | None, plot: Path | None) -> None:
 
     table = collect(out)
     text = render(table, MAIN)
+    if any(r.get("ppl_vs_ref") is not None for runs in table.values() for r in runs):
+        text += "\n\nUtility against the retrain reference of the same step (a reading beside the goal):\n\n"
+        text += utility(table, MAIN)
     click.echo(text)
     for name, runs in table.items():
         if name == REFERENCE:
