@@ -105,7 +105,7 @@ def figures(seed_dir: Path, variant: str) -> dict | None:
         ref = _get(ref_rows, t, ("removed-now",), "probe:relearn")
         if relearned:
             out["relearn"].append(float(np.mean(relearned)))
-            if ref and not reference:
+            if ref:  # a reference has no reference rows of its own
                 gap = float(np.mean(relearned) - np.mean(ref))
                 out["relearn_gap"] = gap if out["relearn_gap"] is None else max(out["relearn_gap"], gap)
         earlier = _get(rows, t, ("removed-earlier",), "probe:worst")
